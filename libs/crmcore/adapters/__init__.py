@@ -1,0 +1,1 @@
+"""Adapters: how the domain meets storage, the bus and other systems."""

@@ -1,0 +1,1 @@
+"""Applications: the commands and queries of each bounded context, on the eventsourcing library."""

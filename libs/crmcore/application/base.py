@@ -1,0 +1,79 @@
+"""Base of every crmcore application: explicit name, msgspec mapper, settings-driven storage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, Mapper
+from eventsourcing.utils import Environment
+
+from crmcore.adapters.mapper import MsgspecMapper
+from crmcore.config import PersistenceSettings
+from crmcore.domain.base import Aggregate, DomainEvent
+from crmcore.domain.errors import ConcurrencyConflict, NotFound
+
+TState = TypeVar("TState", bound=Aggregate)
+
+
+def project(state: Any, events: Iterable[Any]) -> Any:
+    """Folds events into an immutable aggregate state (the library's projector protocol)."""
+    for event in events:
+        state = event.mutate(state)
+    return state
+
+
+class CRMApplication(Application[UUID]):
+    """An eventsourcing application configured from `PersistenceSettings`, never from os.environ.
+
+    Subclasses set `name` (it names the SQLite file and the PostgreSQL tables) and
+    `aggregate_kind` (used in NotFound errors).
+    """
+
+    name = "crm"
+    aggregate_kind: ClassVar[str] = "aggregate"
+
+    def __init__(self, persistence: PersistenceSettings | None = None) -> None:
+        self.persistence = persistence or PersistenceSettings.in_memory()
+        super().__init__(env=self.persistence.application_env(self.name))
+
+    def construct_env(self, name: str, env: Any = None) -> Environment:
+        # Deliberately does not merge os.environ: crmcore.config is the one place reading it.
+        return Environment(name, dict(env or {}))
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return MsgspecMapper(compressor=self.factory.compressor(), cipher=self.factory.cipher())
+
+    def load(self, aggregate_id: UUID, kind: type[TState]) -> TState:
+        """The current state of an aggregate, or NotFound."""
+        try:
+            state = self.repository.get(aggregate_id, projector_func=project)
+        except AggregateNotFoundError:
+            raise NotFound(self.aggregate_kind, aggregate_id) from None
+        if not isinstance(state, kind):
+            raise NotFound(self.aggregate_kind, aggregate_id)
+        return state
+
+    def record(self, *events: DomainEvent) -> None:
+        """Stores events atomically; a version clash becomes ConcurrencyConflict."""
+        try:
+            self.save(*events)
+        except IntegrityError as error:
+            raise ConcurrencyConflict(
+                f"{self.aggregate_kind} was changed concurrently; retry with fresh state"
+            ) from error
+
+    def execute(
+        self,
+        aggregate_id: UUID,
+        kind: type[TState],
+        command: Callable[[TState], Iterable[DomainEvent] | DomainEvent],
+    ) -> TState:
+        """Loads an aggregate, runs a command on it, stores its events, returns the new state."""
+        state = self.load(aggregate_id, kind)
+        produced = command(state)
+        events = (produced,) if isinstance(produced, DomainEvent) else tuple(produced)
+        self.record(*events)
+        return project(state, events)  # type: ignore[no-any-return]

@@ -1,0 +1,120 @@
+"""The one place that reads the environment.
+
+Everything configurable is read here into typed settings; the rest of the code (library,
+services, benchmarks) receives settings objects and never looks at `os.environ` itself.
+
+Persistence (ARCHITECTURE.md, "Storage"):
+- `CRM_PERSISTENCE`: `memory` (default for the library), `sqlite` (embedded default of the
+  services) or `postgres` (production).
+- `CRM_DATA_DIR`: where SQLite files live, one per application (default `.crm-data`).
+- The eventsourcing library's own variables pass through unchanged, optionally prefixed by the
+  upper-cased application name: `POSTGRES_DBNAME`, `POSTGRES_HOST`, `POSTGRES_PORT`,
+  `POSTGRES_USER`, `POSTGRES_PASSWORD`, `POSTGRES_SCHEMA`, `POSTGRES_POOL_SIZE`, `CIPHER_KEY`, …
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+PersistenceKind = Literal["memory", "sqlite", "postgres"]
+PERSISTENCE_KINDS: tuple[PersistenceKind, ...] = ("memory", "sqlite", "postgres")
+
+_PERSISTENCE_MODULES: dict[PersistenceKind, str] = {
+    "memory": "eventsourcing.popo",
+    "sqlite": "eventsourcing.sqlite",
+    "postgres": "eventsourcing.postgres",
+}
+
+# Library variables passed through to each application (with or without an application prefix).
+_PASSED_THROUGH = ("POSTGRES_", "SQLITE_", "CIPHER_", "COMPRESSOR_", "SINGLE_ROW_TRACKING")
+
+
+class ConfigurationError(ValueError):
+    """A setting in the environment has a value that cannot be used."""
+
+
+class PersistenceSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where and how the event store of every application is kept."""
+
+    kind: PersistenceKind = "memory"
+    data_dir: Path = Path(".crm-data")
+    library_env: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @classmethod
+    def in_memory(cls) -> PersistenceSettings:
+        return cls(kind="memory")
+
+    @classmethod
+    def sqlite(cls, data_dir: Path | str) -> PersistenceSettings:
+        return cls(kind="sqlite", data_dir=Path(data_dir))
+
+    @classmethod
+    def postgres(
+        cls,
+        *,
+        dbname: str,
+        host: str = "127.0.0.1",
+        port: int = 5432,
+        user: str = "postgres",
+        password: str = "",
+        schema: str = "",
+        pool_size: int = 5,
+    ) -> PersistenceSettings:
+        return cls(
+            kind="postgres",
+            library_env={
+                "POSTGRES_DBNAME": dbname,
+                "POSTGRES_HOST": host,
+                "POSTGRES_PORT": str(port),
+                "POSTGRES_USER": user,
+                "POSTGRES_PASSWORD": password,
+                "POSTGRES_SCHEMA": schema,
+                "POSTGRES_POOL_SIZE": str(pool_size),
+            },
+        )
+
+    def application_env(self, application_name: str) -> dict[str, str]:
+        """The eventsourcing environment of the application called `application_name`."""
+        env = dict(self.library_env)
+        env["PERSISTENCE_MODULE"] = _PERSISTENCE_MODULES[self.kind]
+        if self.kind == "sqlite":
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            env.setdefault(
+                f"{application_name.upper()}_SQLITE_DBNAME",
+                str(self.data_dir / f"{application_name}.sqlite"),
+            )
+            env.setdefault("SQLITE_LOCK_TIMEOUT", "10")
+        if self.kind == "postgres":
+            # The library defaults are made for one process; a service under load needs room.
+            env.setdefault("POSTGRES_POOL_SIZE", "5")
+            env.setdefault("POSTGRES_MAX_OVERFLOW", "10")
+            env.setdefault("POSTGRES_CONNECT_TIMEOUT", "5")
+        return env
+
+
+def _persistence_from(environ: Mapping[str, str]) -> PersistenceSettings:
+    kind = environ.get("CRM_PERSISTENCE", "memory").strip().lower() or "memory"
+    if kind not in PERSISTENCE_KINDS:
+        raise ConfigurationError(
+            f"CRM_PERSISTENCE={kind!r}: expected one of {', '.join(PERSISTENCE_KINDS)}"
+        )
+    library_env = {
+        key: value for key, value in environ.items() if any(part in key for part in _PASSED_THROUGH)
+    }
+    if kind == "postgres" and not any(key.endswith("POSTGRES_DBNAME") for key in library_env):
+        raise ConfigurationError("CRM_PERSISTENCE=postgres needs POSTGRES_DBNAME (and _HOST, …)")
+    return PersistenceSettings(
+        kind=kind,
+        data_dir=Path(environ.get("CRM_DATA_DIR", ".crm-data")),
+        library_env=library_env,
+    )
+
+
+def persistence_from_env(environ: Mapping[str, str] | None = None) -> PersistenceSettings:
+    """Persistence settings from the environment (or the given mapping, for tests)."""
+    return _persistence_from(os.environ if environ is None else environ)
