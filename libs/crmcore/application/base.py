@@ -11,6 +11,7 @@ from eventsourcing.persistence import IntegrityError, Mapper
 from eventsourcing.utils import Environment
 
 from crmcore.adapters.mapper import MsgspecMapper
+from crmcore.application.group_commit import GroupCommitWriter
 from crmcore.config import PersistenceSettings
 from crmcore.domain.base import Aggregate, DomainEvent
 from crmcore.domain.errors import ConcurrencyConflict, NotFound
@@ -35,9 +36,19 @@ class CRMApplication(Application[UUID]):
     name = "crm"
     aggregate_kind: ClassVar[str] = "aggregate"
 
-    def __init__(self, persistence: PersistenceSettings | None = None) -> None:
+    def __init__(
+        self, persistence: PersistenceSettings | None = None, *, group_commit: bool = False
+    ) -> None:
+        """`group_commit=True` coalesces concurrent `record()` calls from many threads into one
+        transaction (services under load); the library default stores each call on its own."""
         self.persistence = persistence or PersistenceSettings.in_memory()
         super().__init__(env=self.persistence.application_env(self.name))
+        self._writer = GroupCommitWriter(self.save, name=self.name) if group_commit else None
+
+    def stop_writer(self) -> None:
+        """Stores what is waiting and stops the group-commit writer (if any)."""
+        if self._writer is not None:
+            self._writer.stop()
 
     def construct_env(self, name: str, env: Any = None) -> Environment:
         # Deliberately does not merge os.environ: crmcore.config is the one place reading it.
@@ -59,7 +70,10 @@ class CRMApplication(Application[UUID]):
     def record(self, *events: DomainEvent) -> None:
         """Stores events atomically; a version clash becomes ConcurrencyConflict."""
         try:
-            self.save(*events)
+            if self._writer is None:
+                self.save(*events)
+            else:
+                self._writer.record(events)
         except IntegrityError as error:
             raise ConcurrencyConflict(
                 f"{self.aggregate_kind} was changed concurrently; retry with fresh state"

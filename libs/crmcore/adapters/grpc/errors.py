@@ -1,0 +1,145 @@
+"""The one place that maps domain errors to gRPC status codes (ARCHITECTURE.md, "gRPC conventions").
+
+Servicers raise domain errors (or let the application raise them); `DomainErrorInterceptor`
+turns each into its status code, with `google.rpc` details a client can read field by field
+(`BadRequest` naming the offending field for INVALID_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from eventsourcing.persistence import InterfaceError, OperationalError
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from crmcore.domain.errors import (
+    AlreadyExists,
+    ConcurrencyConflict,
+    DomainError,
+    InvalidValue,
+    NotFound,
+    RuleViolation,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the stubs make it generic; at run time it is not subscriptable
+    Handler = grpc.RpcMethodHandler[Any, Any]
+
+_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidValue, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (RuleViolation, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConcurrencyConflict, grpc.StatusCode.ABORTED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    # The event store's connection failures: the database is down or unreachable.
+    (OperationalError, grpc.StatusCode.UNAVAILABLE),
+    (InterfaceError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_for(error: Exception) -> grpc.Status:
+    """The rich gRPC status a client receives for `error`."""
+    code = next(
+        (code for kind, code in _CODES if isinstance(error, kind)), grpc.StatusCode.INTERNAL
+    )
+    message = str(error) if code is not grpc.StatusCode.INTERNAL else "internal error"
+    if code is grpc.StatusCode.UNAVAILABLE and not isinstance(error, DomainError):
+        message = "storage unavailable, retry later"
+    details: list[any_pb2.Any] = []
+    if isinstance(error, InvalidValue):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=error.field, description=error.reason
+                )
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        details.append(packed)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
+    return rpc_status.to_status(status)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
+    status = status_for(error)
+    if status.code is grpc.StatusCode.INTERNAL:
+        log.exception("unexpected error in RPC", exc_info=error)
+    # grpc-stubs lacks the aio abort_with_status, which grpc.aio has had since 1.40.
+    await context.abort_with_status(status)  # type: ignore[attr-defined]
+
+
+class DomainErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Turns exceptions raised by servicers into gRPC statuses, for every RPC kind."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _wrap_unary(behaviour: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behaviour(request, context)
+        except Exception as error:
+            if _is_abort(error):
+                raise
+            await _abort(context, error)
+
+    return call
+
+
+def _wrap_stream(behaviour: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async for response in behaviour(request, context):
+                yield response
+        except Exception as error:
+            if _is_abort(error):
+                raise
+            await _abort(context, error)
+
+    return call
+
+
+def _is_abort(error: Exception) -> bool:
+    # context.abort() raises this to unwind the handler: it is already a status, not an error.
+    return isinstance(error, grpc.aio.AbortError)

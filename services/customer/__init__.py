@@ -1,0 +1,1 @@
+"""Customer service entrypoint (gRPC): servicer, bootstrap, config. Arrives with issue 4."""

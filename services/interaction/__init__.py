@@ -1,0 +1,1 @@
+"""Interaction service entrypoint (gRPC): servicer, bootstrap, config. Arrives with issue 5."""

@@ -1,0 +1,1 @@
+"""Metrics service entrypoint (gRPC): servicer, bootstrap, config. Arrives with issue 7."""

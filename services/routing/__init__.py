@@ -1,0 +1,1 @@
+"""Routing service entrypoint (gRPC): servicer, bootstrap, config. Arrives with issue 6."""

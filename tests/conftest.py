@@ -1,0 +1,3 @@
+"""Shared fixtures: real PostgreSQL and NATS servers (configured, or started privately)."""
+
+pytest_plugins = ["tests.support.postgres", "tests.support.nats"]

@@ -1,0 +1,1 @@
+"""NATS for tests and benchmarks (being written)."""
