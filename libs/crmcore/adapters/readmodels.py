@@ -1,0 +1,206 @@
+"""Read models beside the events: tables plus a projection position, committed together.
+
+A projection applies a batch of events and records how far it got in ONE transaction, so an
+event replayed after a crash or a redelivery is never counted twice (ARCHITECTURE.md, "Storage").
+The same SQL runs on both engines: SQLite (embedded default; in memory for the in-memory
+persistence choice) and PostgreSQL (production). Write statements with `?` placeholders and
+portable SQL (`INSERT … ON CONFLICT … DO UPDATE` works on both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, Protocol
+
+from crmcore.config import PersistenceSettings
+
+Dialect = Literal["sqlite", "postgres"]
+Row = tuple[Any, ...]
+
+_POSITIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS projection_positions (
+    projection TEXT PRIMARY KEY,
+    position BIGINT NOT NULL
+)
+"""
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None: ...
+    def fetchall(self) -> list[Row]: ...
+    def fetchone(self) -> Row | None: ...
+
+
+class _SqliteCursor:
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._cursor.execute(sql, tuple(params))
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        self._cursor.executemany(sql, [tuple(p) for p in params])
+
+    def fetchall(self) -> list[Row]:
+        return [tuple(row) for row in self._cursor.fetchall()]
+
+    def fetchone(self) -> Row | None:
+        row = self._cursor.fetchone()
+        return None if row is None else tuple(row)
+
+
+class _PostgresCursor:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._cursor.execute(_to_pyformat(sql), tuple(params))
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        self._cursor.executemany(_to_pyformat(sql), [tuple(p) for p in params])
+
+    def fetchall(self) -> list[Row]:
+        return [tuple(row) for row in self._cursor.fetchall()]
+
+    def fetchone(self) -> Row | None:
+        row = self._cursor.fetchone()
+        return None if row is None else tuple(row)
+
+
+def _to_pyformat(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class ReadModelStore:
+    """Tables of read models and the positions of the projections that fill them."""
+
+    dialect: Dialect
+
+    def transaction(self) -> contextlib.AbstractContextManager[Cursor]:
+        raise NotImplementedError
+
+    def close_store(self) -> None:
+        raise NotImplementedError
+
+    def create(self, *statements: str) -> None:
+        """Creates tables and indexes (statements must be idempotent: IF NOT EXISTS)."""
+        with self.transaction() as cursor:
+            for statement in (_POSITIONS_TABLE, *statements):
+                cursor.execute(statement)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self.transaction() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+    def position(self, projection: str) -> int:
+        """How far `projection` got (0 before its first event)."""
+        rows = self.query(
+            "SELECT position FROM projection_positions WHERE projection = ?", (projection,)
+        )
+        return int(rows[0][0]) if rows else 0
+
+    @staticmethod
+    def save_position(cursor: Cursor, projection: str, position: int) -> None:
+        """Records the position inside the caller's transaction (with the read-model rows)."""
+        cursor.execute(
+            "INSERT INTO projection_positions (projection, position) VALUES (?, ?) "
+            "ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+            (projection, position),
+        )
+
+
+class SqliteReadModelStore(ReadModelStore):
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        # One connection shared under a lock: SQLite has one writer anyway, and an in-memory
+        # database exists only for the connection that created it.
+        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        if path != ":memory:":
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+        self._connection.execute("PRAGMA busy_timeout=10000")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self._lock:
+            cursor = self._connection.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteCursor(cursor)
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            else:
+                cursor.execute("COMMIT")
+            finally:
+                cursor.close()
+
+    def close_store(self) -> None:
+        self._connection.close()
+
+
+class PostgresReadModelStore(ReadModelStore):
+    dialect: Dialect = "postgres"
+
+    def __init__(self, conninfo: str, *, schema: str = "", pool_size: int = 4) -> None:
+        from psycopg_pool import ConnectionPool
+
+        options = f"-c search_path={schema},public" if schema else None
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"options": options} if options else {},
+            open=True,
+        )
+        if schema:
+            with self._pool.connection() as connection:
+                connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with (
+            self._pool.connection() as connection,
+            connection.transaction(),
+            connection.cursor() as cursor,
+        ):
+            yield _PostgresCursor(cursor)
+
+    def close_store(self) -> None:
+        self._pool.close()
+
+
+def open_read_model_store(persistence: PersistenceSettings, name: str) -> ReadModelStore:
+    """The read-model store called `name` on the engine the persistence settings choose."""
+    if persistence.kind == "memory":
+        return SqliteReadModelStore(":memory:")
+    if persistence.kind == "sqlite":
+        persistence.data_dir.mkdir(parents=True, exist_ok=True)
+        return SqliteReadModelStore(str(persistence.data_dir / f"{name}.sqlite"))
+    env = persistence.application_env(name)
+
+    def setting(key: str, default: str = "") -> str:
+        return env.get(f"{name.upper()}_{key}") or env.get(key) or default
+
+    from psycopg.conninfo import make_conninfo
+
+    conninfo = make_conninfo(
+        dbname=setting("POSTGRES_DBNAME"),
+        host=setting("POSTGRES_HOST", "127.0.0.1"),
+        port=setting("POSTGRES_PORT", "5432"),
+        user=setting("POSTGRES_USER", "postgres"),
+        password=setting("POSTGRES_PASSWORD"),
+        connect_timeout=setting("POSTGRES_CONNECT_TIMEOUT", "5"),
+    )
+    return PostgresReadModelStore(
+        conninfo,
+        schema=setting("POSTGRES_SCHEMA"),
+        pool_size=int(setting("POSTGRES_POOL_SIZE", "4")),
+    )
