@@ -97,8 +97,10 @@ class PersistenceSettings(msgspec.Struct, frozen=True, kw_only=True):
         return env
 
 
-def _persistence_from(environ: Mapping[str, str]) -> PersistenceSettings:
-    kind = environ.get("CRM_PERSISTENCE", "memory").strip().lower() or "memory"
+def _persistence_from(
+    environ: Mapping[str, str], default_kind: PersistenceKind = "memory"
+) -> PersistenceSettings:
+    kind = environ.get("CRM_PERSISTENCE", default_kind).strip().lower() or default_kind
     if kind not in PERSISTENCE_KINDS:
         raise ConfigurationError(
             f"CRM_PERSISTENCE={kind!r}: expected one of {', '.join(PERSISTENCE_KINDS)}"
@@ -115,6 +117,66 @@ def _persistence_from(environ: Mapping[str, str]) -> PersistenceSettings:
     )
 
 
-def persistence_from_env(environ: Mapping[str, str] | None = None) -> PersistenceSettings:
+def persistence_from_env(
+    environ: Mapping[str, str] | None = None, *, default_kind: PersistenceKind = "memory"
+) -> PersistenceSettings:
     """Persistence settings from the environment (or the given mapping, for tests)."""
-    return _persistence_from(os.environ if environ is None else environ)
+    return _persistence_from(os.environ if environ is None else environ, default_kind)
+
+
+ServiceName = Literal["customer", "interaction", "routing", "metrics"]
+DEFAULT_PORTS: dict[ServiceName, int] = {
+    "customer": 50051,
+    "interaction": 50052,
+    "routing": 50053,
+    "metrics": 50054,
+}
+
+
+class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How one gRPC service runs: where it listens and where it keeps its data.
+
+    - `CRM_<SERVICE>_ADDRESS`: `host:port` to listen on (default 127.0.0.1 and the service's port:
+      customer 50051, interaction 50052, routing 50053, metrics 50054).
+    - `CRM_PERSISTENCE` etc. (see above); services default to `sqlite` in `CRM_DATA_DIR`.
+    - `CRM_SHUTDOWN_GRACE_S`: seconds in-flight RPCs get on SIGTERM (default 5).
+    - `CRM_DEFAULT_REGION`: ISO 3166 region for national phone numbers (e.g. `JP`; default none).
+    - `CRM_WORKER_THREADS`: threads running store calls of concurrent RPCs (default 64).
+    """
+
+    service: ServiceName
+    address: str
+    persistence: PersistenceSettings
+    shutdown_grace_s: float = 5.0
+    default_region: str | None = None
+    worker_threads: int = 64
+
+
+def _number(environ: Mapping[str, str], key: str, default: float) -> float:
+    raw = environ.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{key}={raw!r}: expected a number") from None
+    if value < 0:
+        raise ConfigurationError(f"{key}={raw!r}: must not be negative")
+    return value
+
+
+def service_from_env(
+    service: ServiceName, environ: Mapping[str, str] | None = None
+) -> ServiceSettings:
+    """Settings of `service` from the environment (or the given mapping, for tests)."""
+    env = os.environ if environ is None else environ
+    region = env.get("CRM_DEFAULT_REGION", "").strip().upper() or None
+    return ServiceSettings(
+        service=service,
+        address=env.get(f"CRM_{service.upper()}_ADDRESS", "").strip()
+        or f"127.0.0.1:{DEFAULT_PORTS[service]}",
+        persistence=_persistence_from(env, "sqlite"),
+        shutdown_grace_s=_number(env, "CRM_SHUTDOWN_GRACE_S", 5.0),
+        default_region=region,
+        worker_threads=max(1, int(_number(env, "CRM_WORKER_THREADS", 64))),
+    )
