@@ -152,19 +152,6 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     worker_threads: int = 64
 
 
-def _number(environ: Mapping[str, str], key: str, default: float) -> float:
-    raw = environ.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{key}={raw!r}: expected a number") from None
-    if value < 0:
-        raise ConfigurationError(f"{key}={raw!r}: must not be negative")
-    return value
-
-
 def service_from_env(
     service: ServiceName, environ: Mapping[str, str] | None = None
 ) -> ServiceSettings:
@@ -176,7 +163,77 @@ def service_from_env(
         address=env.get(f"CRM_{service.upper()}_ADDRESS", "").strip()
         or f"127.0.0.1:{DEFAULT_PORTS[service]}",
         persistence=_persistence_from(env, "sqlite"),
-        shutdown_grace_s=_number(env, "CRM_SHUTDOWN_GRACE_S", 5.0),
+        shutdown_grace_s=_number(env, "CRM_SHUTDOWN_GRACE_S", 5.0, 0),
         default_region=region,
-        worker_threads=max(1, int(_number(env, "CRM_WORKER_THREADS", 64))),
+        worker_threads=int(_number(env, "CRM_WORKER_THREADS", 64, 1)),
+    )
+
+
+# --- Event bus (ARCHITECTURE.md, "Events on the bus") ------------------------------------------
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+class BusSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the NATS JetStream bus is and how the event stream is kept.
+
+    - `NATS_URL`: the server(s) to use, comma-separated. Unset means "not given": the embedded
+      stack starts its own server, everything else falls back to `DEFAULT_NATS_URL`.
+    - `CRM_STREAM`: name of the stream capturing `crm.>` (default `CRM`).
+    - `CRM_STREAM_DUPLICATE_WINDOW_S`: how long JetStream remembers `Nats-Msg-Id`s to drop
+      republished events (default 120 s). Consumers stay idempotent: the window is finite.
+    - `CRM_STREAM_MAX_AGE_S`: how long events stay in the stream (default 30 days, 0 = forever).
+    - `CRM_STREAM_MAX_BYTES`: size cap of the stream, oldest events dropped first (-1 = none).
+    - `CRM_RELAY_BATCH`: how many stored events the relay publishes per round (default 1000).
+    """
+
+    nats_url: str | None = None
+    stream: str = "CRM"
+    subjects: tuple[str, ...] = ("crm.>",)
+    duplicate_window_s: float = 120.0
+    max_age_s: float = 30 * 24 * 3600.0
+    max_bytes: int = -1
+    relay_batch: int = 1000
+
+    @property
+    def url(self) -> str:
+        """The configured server URL, or the local default when none was given."""
+        return self.nats_url or DEFAULT_NATS_URL
+
+    @property
+    def servers(self) -> list[str]:
+        return [part.strip() for part in self.url.split(",") if part.strip()]
+
+
+def _number(environ: Mapping[str, str], key: str, default: float, minimum: float) -> float:
+    raw = environ.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{key}={raw!r}: expected a number") from None
+    if value < minimum:
+        raise ConfigurationError(f"{key}={raw!r}: must be at least {minimum:g}")
+    return value
+
+
+def bus_from_env(environ: Mapping[str, str] | None = None) -> BusSettings:
+    """Event bus settings from the environment (or the given mapping, for tests)."""
+    env = os.environ if environ is None else environ
+    defaults = BusSettings()
+    stream = env.get("CRM_STREAM", "").strip() or defaults.stream
+    if not all(ch.isalnum() or ch in "-_" for ch in stream):
+        raise ConfigurationError(
+            f"CRM_STREAM={stream!r}: use letters, digits, '-' and '_' only"
+        )
+    return BusSettings(
+        nats_url=env.get("NATS_URL", "").strip() or None,
+        stream=stream,
+        duplicate_window_s=_number(
+            env, "CRM_STREAM_DUPLICATE_WINDOW_S", defaults.duplicate_window_s, 1
+        ),
+        max_age_s=_number(env, "CRM_STREAM_MAX_AGE_S", defaults.max_age_s, 0),
+        max_bytes=int(_number(env, "CRM_STREAM_MAX_BYTES", defaults.max_bytes, -1)),
+        relay_batch=int(_number(env, "CRM_RELAY_BATCH", defaults.relay_batch, 1)),
     )

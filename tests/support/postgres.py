@@ -50,7 +50,7 @@ from crmcore.config import PersistenceSettings
 
 _BINARIES = ("initdb", "pg_ctl", "postgres")
 _UNPRIVILEGED_USER = "nobody"
-_CONNECT_TIMEOUT_S = 1.0
+_CONNECT_TIMEOUT_S = 1
 _START_TIMEOUT_S = 60
 
 
@@ -75,7 +75,7 @@ class PostgresServer:
             user=self.user,
             password=self.password,
             dbname=dbname,
-            connect_timeout=max(1, round(_CONNECT_TIMEOUT_S)),
+            connect_timeout=_CONNECT_TIMEOUT_S,
             autocommit=True,
         )
 
@@ -240,32 +240,7 @@ class _PrivateServer:
                 "C",
                 "--no-sync",
             )
-            port = _free_loopback_port()
-            server_options = " ".join(
-                (
-                    f"-p {port}",
-                    "-c listen_addresses=127.0.0.1",
-                    f"-c unix_socket_directories={directory}",
-                    "-c fsync=off",
-                    "-c synchronous_commit=off",
-                    "-c full_page_writes=off",
-                    "-c max_connections=200",
-                )
-            )
-            self._run(
-                directory,
-                str(self._pg_ctl),
-                "start",
-                "--pgdata",
-                str(directory / "data"),
-                "--log",
-                str(directory / "server.log"),
-                "--options",
-                server_options,
-                "--wait",
-                "--timeout",
-                str(_START_TIMEOUT_S),
-            )
+            port = self._start_on_free_port(directory)
         except PostgresUnavailable:
             self.stop()
             raise
@@ -281,6 +256,38 @@ class _PrivateServer:
             self.stop()
             raise PostgresUnavailable(f"started but unreachable: {failure}")
         return server
+
+    def _start_on_free_port(self, directory: Path) -> int:
+        # Another process may take the free port before the server binds it: try another.
+        failure = PostgresUnavailable("no attempt to start")
+        for _ in range(3):
+            port = _free_loopback_port()
+            options = (
+                f"-p {port} -c listen_addresses=127.0.0.1"
+                f" -c unix_socket_directories={directory}"
+                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+                " -c max_connections=200"
+            )
+            try:
+                self._run(
+                    directory,
+                    str(self._pg_ctl),
+                    "start",
+                    "--pgdata",
+                    str(directory / "data"),
+                    "--log",
+                    str(directory / "server.log"),
+                    "--options",
+                    options,
+                    "--wait",
+                    "--timeout",
+                    str(_START_TIMEOUT_S),
+                )
+            except PostgresUnavailable as error:
+                failure = error
+                continue
+            return port
+        raise failure
 
     def stop(self) -> None:
         directory, self._directory = self._directory, None

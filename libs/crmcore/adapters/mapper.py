@@ -81,7 +81,7 @@ class MsgspecMapper(Mapper[UUID]):
             return cast(
                 DomainEventProtocol[UUID], self.decoder_for(stored_event.topic).decode(state)
             )
-        except (msgspec.DecodeError, ValueError) as error:
+        except Exception as error:  # corrupt bytes fail in the cipher, zlib or msgspec alike
             raise MapperDeserialisationError(
                 f"cannot decode stored event {stored_event.topic} "
                 f"{stored_event.originator_id} v{stored_event.originator_version}: {error}"
