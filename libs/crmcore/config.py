@@ -224,9 +224,7 @@ def bus_from_env(environ: Mapping[str, str] | None = None) -> BusSettings:
     defaults = BusSettings()
     stream = env.get("CRM_STREAM", "").strip() or defaults.stream
     if not all(ch.isalnum() or ch in "-_" for ch in stream):
-        raise ConfigurationError(
-            f"CRM_STREAM={stream!r}: use letters, digits, '-' and '_' only"
-        )
+        raise ConfigurationError(f"CRM_STREAM={stream!r}: use letters, digits, '-' and '_' only")
     return BusSettings(
         nats_url=env.get("NATS_URL", "").strip() or None,
         stream=stream,

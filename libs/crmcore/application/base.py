@@ -44,6 +44,13 @@ class CRMApplication(Application[UUID]):
         self.persistence = persistence or PersistenceSettings.in_memory()
         super().__init__(env=self.persistence.application_env(self.name))
         self._writer = GroupCommitWriter(self.save, name=self.name) if group_commit else None
+        self._record_listeners: list[Callable[[], None]] = []
+
+    def add_record_listener(self, listener: Callable[[], None]) -> None:
+        """Calls `listener` (from the recording thread) after every successful `record()`:
+        e.g. the outbox relay's `nudge`, so stored events are published without waiting for
+        the next poll."""
+        self._record_listeners.append(listener)
 
     def stop_writer(self) -> None:
         """Stores what is waiting and stops the group-commit writer (if any)."""
@@ -78,6 +85,8 @@ class CRMApplication(Application[UUID]):
             raise ConcurrencyConflict(
                 f"{self.aggregate_kind} was changed concurrently; retry with fresh state"
             ) from error
+        for listener in self._record_listeners:
+            listener()
 
     def execute(
         self,
