@@ -235,3 +235,75 @@ def bus_from_env(environ: Mapping[str, str] | None = None) -> BusSettings:
         max_bytes=int(_number(env, "CRM_STREAM_MAX_BYTES", defaults.max_bytes, -1)),
         relay_batch=int(_number(env, "CRM_RELAY_BATCH", defaults.relay_batch, 1)),
     )
+
+
+def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a process this one starts (`crm up`): ours, with `overrides`."""
+    return {**os.environ, **overrides}
+
+
+# --- Metrics service (issue 7) -----------------------------------------------------------------
+
+ABANDON_TREATMENTS = ("missed", "excluded", "met_within_threshold", "excluded_within_threshold")
+DEFAULT_PROMETHEUS_ADDRESS = "127.0.0.1:9464"
+
+
+class MetricsSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How the metrics service counts and where it exposes Prometheus metrics.
+
+    - `CRM_METRICS_TIME_ZONE`: IANA zone of local days, weeks and months (default `UTC`).
+      The read models remember it: changing it needs `crm metrics rebuild`.
+    - Default KPI policy (every request may override it): `CRM_METRICS_SL_THRESHOLD_S` (20),
+      `CRM_METRICS_SL_ABANDONS` (`missed`, `excluded`, `met_within_threshold`,
+      `excluded_within_threshold`; default `missed`), `CRM_METRICS_SHORT_ABANDON_S` (0),
+      `CRM_METRICS_FCR_WINDOW_DAYS` (7), `CRM_METRICS_BOT_REPEAT_HOURS` (24),
+      `CRM_METRICS_FIRST_RESPONSE_TARGET_S` (3600), `CRM_METRICS_RESOLUTION_TARGET_S` (86400).
+    - `CRM_METRICS_PROMETHEUS_ADDRESS`: `host:port` of the `/metrics` endpoint (default
+      127.0.0.1:9464; `off` disables it).
+    - `CRM_METRICS_BATCH`: events fetched and committed per transaction (default 1000).
+    """
+
+    time_zone: str = "UTC"
+    sl_threshold_s: int = 20
+    sl_abandons: str = "missed"
+    short_abandon_s: int = 0
+    fcr_window_days: int = 7
+    bot_repeat_hours: int = 24
+    first_response_target_s: int = 3600
+    resolution_target_s: int = 86400
+    prometheus_address: str | None = DEFAULT_PROMETHEUS_ADDRESS
+    batch: int = 1000
+
+
+def metrics_from_env(environ: Mapping[str, str] | None = None) -> MetricsSettings:
+    """Metrics settings from the environment (or the given mapping, for tests)."""
+    env = os.environ if environ is None else environ
+    defaults = MetricsSettings()
+    abandons = env.get("CRM_METRICS_SL_ABANDONS", "").strip().lower() or defaults.sl_abandons
+    if abandons not in ABANDON_TREATMENTS:
+        raise ConfigurationError(
+            f"CRM_METRICS_SL_ABANDONS={abandons!r}: expected one of {', '.join(ABANDON_TREATMENTS)}"
+        )
+    prometheus = env.get("CRM_METRICS_PROMETHEUS_ADDRESS", DEFAULT_PROMETHEUS_ADDRESS).strip()
+    return MetricsSettings(
+        time_zone=env.get("CRM_METRICS_TIME_ZONE", "").strip() or defaults.time_zone,
+        sl_threshold_s=int(_number(env, "CRM_METRICS_SL_THRESHOLD_S", defaults.sl_threshold_s, 0)),
+        sl_abandons=abandons,
+        short_abandon_s=int(
+            _number(env, "CRM_METRICS_SHORT_ABANDON_S", defaults.short_abandon_s, 0)
+        ),
+        fcr_window_days=int(
+            _number(env, "CRM_METRICS_FCR_WINDOW_DAYS", defaults.fcr_window_days, 1)
+        ),
+        bot_repeat_hours=int(
+            _number(env, "CRM_METRICS_BOT_REPEAT_HOURS", defaults.bot_repeat_hours, 1)
+        ),
+        first_response_target_s=int(
+            _number(env, "CRM_METRICS_FIRST_RESPONSE_TARGET_S", defaults.first_response_target_s, 0)
+        ),
+        resolution_target_s=int(
+            _number(env, "CRM_METRICS_RESOLUTION_TARGET_S", defaults.resolution_target_s, 1)
+        ),
+        prometheus_address=None if prometheus.lower() in ("", "off", "none") else prometheus,
+        batch=int(_number(env, "CRM_METRICS_BATCH", defaults.batch, 1)),
+    )
