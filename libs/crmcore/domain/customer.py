@@ -3,8 +3,14 @@
 `Customer` holds the profile, contact points, consents, lifecycle and subscription
 (DOMAIN.md, "Customer"). A contact point belongs to at most one customer; the store enforces
 that with one `ContactPointClaim` aggregate per contact point, whose id is derived from the
-contact point, written in the same transaction as the customer's own event. `RequestKey` does
-the same for the `request_id` of idempotent registrations.
+contact point (a keyed hash, so the id does not give the contact point away), written in the
+same transaction as the customer's own event. `RequestKey` does the same for the `request_id`
+of idempotent registrations.
+
+Personal data and erasure: each customer event names the fields that hold personal data
+(`personal_fields`) and can give its `redacted()` form. The store seals those fields with the
+customer's own key (crmcore.adapters.mapper), and erasing a customer destroys that key; the
+redacted forms are what is read afterwards, and what is published on the bus.
 
 Every command checks its rules and returns events without changing anything; a broken rule
 raises a `DomainError` and returns nothing.
@@ -14,11 +20,13 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
+import hmac
 import re
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Self, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import msgspec
@@ -37,7 +45,10 @@ MAX_ATTRIBUTE_VALUE_LENGTH = 1_000
 MAX_SEGMENT_LENGTH = 64
 MAX_REQUEST_ID_LENGTH = 128
 
-CONTACT_POINT_NAMESPACE = uuid5(NAMESPACE_URL, "urn:crm:customer:contact-point")
+#: Key of the hash that turns a contact point into its claim id. This fixed value is for
+#: development and tests only: a deployment sets its own secret (and never changes it, since
+#: the claims of existing contact points are found by it).
+DEVELOPMENT_INDEX_SECRET = b"crm-development-index-secret: not for production"
 REQUEST_KEY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:crm:customer:request-id")
 
 # Short BCP 47 tags: language, optional script, optional region ("ja", "zh-Hant-TW", "es-419").
@@ -92,6 +103,21 @@ class ContactPointKind(enum.StrEnum):
     HANDLE = "handle"
 
 
+# Contact points validated recently: checking one of them again (a command re-checks what the
+# application normalised a moment before) is then a set lookup instead of a second e-mail or
+# phone parse, the costliest step of a registration.
+_NORMAL_FORMS: dict[ContactPoint, None] = {}
+_MAX_NORMAL_FORMS = 10_000
+
+
+def _normal_form(point: ContactPoint) -> ContactPoint:
+    """Remembers that `point` is in normal form (it was just validated) and returns it."""
+    if len(_NORMAL_FORMS) >= _MAX_NORMAL_FORMS:
+        _NORMAL_FORMS.clear()
+    _NORMAL_FORMS[point] = None
+    return point
+
+
 class ContactPoint(msgspec.Struct, frozen=True, kw_only=True):
     """A normalised way to reach a customer: an e-mail, an E.164 phone number, or a
     `<network>:<handle>` on a messaging or social network (`line:taro_y`)."""
@@ -101,15 +127,17 @@ class ContactPoint(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def email(cls, raw: str, field: str = "contact_point.value") -> ContactPoint:
-        return cls(kind=ContactPointKind.EMAIL, value=values.email(raw, field))
+        return _normal_form(cls(kind=ContactPointKind.EMAIL, value=values.email(raw, field)))
 
     @classmethod
     def phone(
         cls, raw: str, field: str = "contact_point.value", *, default_region: str | None = None
     ) -> ContactPoint:
-        return cls(
-            kind=ContactPointKind.PHONE,
-            value=values.phone(raw, field, default_region=default_region),
+        return _normal_form(
+            cls(
+                kind=ContactPointKind.PHONE,
+                value=values.phone(raw, field, default_region=default_region),
+            )
         )
 
     @classmethod
@@ -120,7 +148,7 @@ class ContactPoint(msgspec.Struct, frozen=True, kw_only=True):
         handle = values.required_text(handle, field, max_length=MAX_HANDLE_LENGTH)
         if any(ch.isspace() for ch in handle):
             raise InvalidValue(field, "a handle contains no spaces")
-        return cls(kind=ContactPointKind.HANDLE, value=f"{network}:{handle}")
+        return _normal_form(cls(kind=ContactPointKind.HANDLE, value=f"{network}:{handle}"))
 
     @classmethod
     def parse(
@@ -235,10 +263,12 @@ def _purpose(value: str, field: str = "purpose") -> str:
 def _contact_points(
     raw: Iterable[ContactPoint], field: str = "contact_points"
 ) -> tuple[ContactPoint, ...]:
-    """Contact points checked again (cheap: normal forms are fixed points), duplicates dropped."""
+    """Contact points checked again (normal forms are fixed points), duplicates dropped."""
     seen: dict[ContactPoint, None] = {}
     for index, point in enumerate(raw):
-        seen[ContactPoint.parse(point.kind, point.value, f"{field}[{index}]")] = None
+        if point not in _NORMAL_FORMS:
+            point = ContactPoint.parse(point.kind, point.value, f"{field}[{index}]")
+        seen[point] = None
     if len(seen) > MAX_CONTACT_POINTS:
         raise InvalidValue(field, f"more than {MAX_CONTACT_POINTS} contact points")
     return tuple(seen)
@@ -273,6 +303,8 @@ class Customer(Aggregate, frozen=True, kw_only=True):
     contact_points: tuple[ContactPoint, ...] = ()
     consents: tuple[Consent, ...] = ()
     merged_into: UUID | None = None
+    #: Every customer merged into this one (directly or through a chain of merges).
+    merged_ids: tuple[UUID, ...] = ()
     erased: bool = False
 
     # --- queries ---
@@ -469,6 +501,7 @@ class Customer(Aggregate, frozen=True, kw_only=True):
             timestamp=values.aware(at, "at"),
             duplicate_id=duplicate.id,
             contact_points=taken_over,
+            merged_ids=duplicate.merged_ids,
         )
 
     def erase(self, *, at: datetime) -> CustomerErased:
@@ -490,11 +523,45 @@ class Customer(Aggregate, frozen=True, kw_only=True):
 class CustomerEvent(Event[Customer], frozen=True, kw_only=True):
     context: ClassVar[str] = "customer"
 
+    #: Top-level fields holding personal data: stored sealed with the customer's own key and
+    #: never published (see the module docstring). Lifecycle, segment, subscription and
+    #: consent purposes are not among them: they are needed for KPIs and say nothing about
+    #: who the customer is once the rest is gone.
+    personal_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def personal_data_subject(self) -> UUID:
+        return self.originator_id
+
+    def redacted(self) -> Self:
+        """This event without personal data: each personal field blanked ("" for text, () for
+        tuples, a contact point without its value). The form published on the bus, and the
+        one read back once the customer's key was destroyed."""
+        changes = {
+            name: _blank(getattr(self, name))
+            for name in self.personal_fields
+            if getattr(self, name) is not None
+        }
+        return msgspec.structs.replace(self, **changes) if changes else self
+
     def bus_attributes(self) -> dict[str, str]:
         return {"customerid": str(self.originator_id)}
 
 
+def _blank(value: object) -> object:
+    if isinstance(value, str):
+        return ""
+    if isinstance(value, tuple):
+        return ()
+    if isinstance(value, ContactPoint):
+        return ContactPoint(kind=value.kind, value="")
+    raise TypeError(f"no blank value for a personal field of type {type(value).__name__}")
+
+
 class CustomerRegistered(CustomerEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset(
+        {"name", "company", "language", "time_zone", "tags", "attributes", "contact_points"}
+    )
+
     name: str
     company: str
     language: str
@@ -535,6 +602,7 @@ class CustomerProfileUpdated(CustomerEvent, frozen=True, kw_only=True, omit_defa
         "tags",
         "attributes",
     )
+    personal_fields: ClassVar[frozenset[str]] = frozenset(PROFILE_FIELDS) - {"segment"}
 
     changed: tuple[str, ...] = ()
     name: str | None = None
@@ -550,6 +618,8 @@ class CustomerProfileUpdated(CustomerEvent, frozen=True, kw_only=True, omit_defa
 
 
 class ContactPointAdded(CustomerEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"contact_point"})
+
     contact_point: ContactPoint
 
     def apply(self, state: Customer) -> Customer:
@@ -557,6 +627,8 @@ class ContactPointAdded(CustomerEvent, frozen=True, kw_only=True):
 
 
 class ContactPointRemoved(CustomerEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"contact_point"})
+
     contact_point: ContactPoint
 
     def apply(self, state: Customer) -> Customer:
@@ -565,6 +637,9 @@ class ContactPointRemoved(CustomerEvent, frozen=True, kw_only=True):
 
 
 class ConsentRecorded(CustomerEvent, frozen=True, kw_only=True):
+    # How we know (a call, a form) may say who the customer is; purpose and decision do not.
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"source"})
+
     purpose: str
     granted: bool
     source: str
@@ -585,6 +660,8 @@ def _by_purpose(consent: Consent) -> str:
 
 
 class LifecycleChanged(CustomerEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"reason"})
+
     previous: Lifecycle
     lifecycle: Lifecycle
     reason: str = ""
@@ -613,13 +690,22 @@ class CustomerMergedInto(CustomerEvent, frozen=True, kw_only=True):
 
 
 class DuplicateAbsorbed(CustomerEvent, frozen=True, kw_only=True):
-    """On the survivor: `duplicate_id` was merged into it, bringing these contact points."""
+    """On the survivor: `duplicate_id` was merged into it, bringing these contact points
+    (and the customers merged into the duplicate before, `merged_ids`)."""
+
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"contact_points"})
 
     duplicate_id: UUID
     contact_points: tuple[ContactPoint, ...]
+    merged_ids: tuple[UUID, ...] = ()
 
     def apply(self, state: Customer) -> Customer:
-        return advance(state, self, contact_points=(*state.contact_points, *self.contact_points))
+        return advance(
+            state,
+            self,
+            contact_points=(*state.contact_points, *self.contact_points),
+            merged_ids=(*state.merged_ids, self.duplicate_id, *self.merged_ids),
+        )
 
 
 class CustomerErased(CustomerEvent, frozen=True, kw_only=True):
@@ -655,9 +741,15 @@ class ContactPointInUse(AlreadyExists):
         self.contact_point = contact_point
 
 
-def claim_id(contact_point: ContactPoint) -> UUID:
-    """The id of the claim on a (normalised) contact point: the same for equal values."""
-    return uuid5(CONTACT_POINT_NAMESPACE, f"{contact_point.kind}:{contact_point.value}")
+def claim_id(contact_point: ContactPoint, secret: bytes = DEVELOPMENT_INDEX_SECRET) -> UUID:
+    """The id of the claim on a (normalised) contact point: the same for equal values.
+
+    A keyed hash (HMAC-SHA256 with the service's index secret), not a plain one: phone numbers
+    are few enough to try them all, so a plain hash would give every contact point away to
+    whoever sees a claim id (in the store, or on the bus), erased customers' included."""
+    message = f"{contact_point.kind}:{contact_point.value}".encode()
+    digest = hmac.new(secret, message, hashlib.sha256).digest()
+    return UUID(bytes=digest[:16], version=4)
 
 
 class ContactPointClaim(Aggregate, frozen=True, kw_only=True):
@@ -675,13 +767,15 @@ class ContactPointClaim(Aggregate, frozen=True, kw_only=True):
         *,
         at: datetime,
         field: str = "contact_point",
+        secret: bytes = DEVELOPMENT_INDEX_SECRET,
     ) -> ClaimTaken:
         """Claims the contact point for `customer_id`; `current` is the claim so far (None if
-        it was never taken). Held by anyone → ContactPointInUse naming `field`."""
+        it was never taken). Held by anyone → ContactPointInUse naming `field`. `secret` is
+        the index secret the claim id is derived with (see `claim_id`)."""
         if current is not None and current.holder is not None:
             raise ContactPointInUse(field, contact_point)
         return ClaimTaken(
-            originator_id=claim_id(contact_point),
+            originator_id=claim_id(contact_point, secret) if current is None else current.id,
             originator_version=1 if current is None else current.version + 1,
             timestamp=values.aware(at, "at"),
             customer_id=customer_id,

@@ -1,0 +1,444 @@
+"""The CustomerService gRPC servicer: protobuf ⇄ domain, nothing else.
+
+Every rule lives in crmcore (the customer application and its views). This module checks only
+what the protobuf form adds (ids that are not UUIDs, unspecified or unknown enum numbers,
+update_mask paths that do not exist, malformed etags and regions), names fields as the request
+names them, and runs the blocking application calls on the service's thread pool. Domain errors
+pass through: the interceptor of crmcore.adapters.grpc maps them to status codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar, cast
+from uuid import UUID
+
+import grpc
+import phonenumbers
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from crm.v1 import common_pb2, customer_pb2, customer_pb2_grpc
+from crmcore.adapters.grpc.calls import BlockingCalls
+from crmcore.application.customer_views import CustomerViews
+from crmcore.application.customers import CustomerApplication
+from crmcore.application.timeline import TimelineEntry, TimelineKind
+from crmcore.domain.customer import (
+    Consent,
+    ContactPoint,
+    ContactPointKind,
+    Customer,
+    Lifecycle,
+    SubscriptionStatus,
+)
+from crmcore.domain.errors import InvalidValue, NotFound
+from crmcore.domain.values import Channel
+
+E = TypeVar("E", bound=enum.Enum)
+
+if TYPE_CHECKING:  # the stubs make it generic; at run time it is not subscriptable
+    Context = grpc.aio.ServicerContext[object, object]
+
+#: Profile fields UpdateCustomer may change (update_mask paths).
+UPDATABLE_FIELDS = ("name", "company", "language", "time_zone", "segment", "tags", "attributes")
+
+
+def _enum_numbers(domain: type[E], proto_value: Callable[[str], int], prefix: str) -> dict[int, E]:
+    """proto number → domain member, by name (`LIFECYCLE_ACTIVE` ↔ `Lifecycle.ACTIVE`)."""
+    return {proto_value(f"{prefix}{member.name}"): member for member in domain}
+
+
+_LIFECYCLES = _enum_numbers(Lifecycle, customer_pb2.Lifecycle.Value, "LIFECYCLE_")
+_STATUSES = _enum_numbers(
+    SubscriptionStatus, customer_pb2.SubscriptionStatus.Value, "SUBSCRIPTION_STATUS_"
+)
+_KINDS = _enum_numbers(ContactPointKind, customer_pb2.ContactPointKind.Value, "CONTACT_POINT_KIND_")
+_CHANNELS = _enum_numbers(Channel, common_pb2.Channel.Value, "CHANNEL_")
+_TIMELINE_KINDS = {
+    TimelineKind.INTERACTION: customer_pb2.TIMELINE_ENTRY_KIND_INTERACTION,
+    TimelineKind.CASE: customer_pb2.TIMELINE_ENTRY_KIND_CASE,
+    TimelineKind.SURVEY_RESPONSE: customer_pb2.TIMELINE_ENTRY_KIND_SURVEY,
+    TimelineKind.FEEDBACK: customer_pb2.TIMELINE_ENTRY_KIND_FEEDBACK,
+}
+
+
+def _numbers_of(mapping: Mapping[int, E]) -> dict[E, int]:
+    return {member: number for number, member in mapping.items()}
+
+
+_LIFECYCLE_NUMBERS = cast(
+    dict[Lifecycle, customer_pb2.Lifecycle.ValueType], _numbers_of(_LIFECYCLES)
+)
+_STATUS_NUMBERS = cast(
+    dict[SubscriptionStatus, customer_pb2.SubscriptionStatus.ValueType], _numbers_of(_STATUSES)
+)
+_KIND_NUMBERS = cast(
+    dict[ContactPointKind, customer_pb2.ContactPointKind.ValueType], _numbers_of(_KINDS)
+)
+_CHANNEL_NUMBERS = cast(dict[Channel, common_pb2.Channel.ValueType], _numbers_of(_CHANNELS))
+
+
+# --- protobuf → domain ----------------------------------------------------------------------
+
+
+def _uuid(text: str, field: str) -> UUID:
+    """A customer id: a UUID in its canonical form (any case)."""
+    if not text:
+        raise InvalidValue(field, "must be set")
+    try:
+        parsed = UUID(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or str(parsed) != text.lower():
+        raise InvalidValue(field, "not an id (a UUID like 123e4567-e89b-42d3-a456-426614174000)")
+    return parsed
+
+
+def _member(number: int, members: Mapping[int, E], field: str, *, required: bool) -> E | None:
+    """The domain member of a proto enum number; 0 (unspecified) → None unless required."""
+    if number == 0 and not required:
+        return None
+    member = members.get(number)
+    if member is None:
+        reason = "must be set" if number == 0 else f"unknown value {number}"
+        raise InvalidValue(field, reason)
+    return member
+
+
+def _required(number: int, members: Mapping[int, E], field: str) -> E:
+    member = _member(number, members, field, required=True)
+    assert member is not None
+    return member
+
+
+def _region(text: str, field: str = "default_region") -> str | None:
+    """An ISO 3166 region phone numbers can be read in ("JP"), None when not given."""
+    region = text.strip().upper()
+    if not region:
+        return None
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise InvalidValue(field, f"{text[:10]!r} is not a region code like 'JP' or 'US'")
+    return region
+
+
+def _etag(text: str) -> int | None:
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) < 19):
+        raise InvalidValue("etag", "not an etag this service issued")
+    return int(text)
+
+
+@contextlib.contextmanager
+def _fields(rename: Callable[[str], str]) -> Iterator[None]:
+    """Renames the field of an InvalidValue raised inside to the request's own field name."""
+    try:
+        yield
+    except InvalidValue as error:
+        raise InvalidValue(rename(error.field), error.reason) from None
+
+
+def _under_customer(field: str) -> str:
+    return field if field == "request_id" else f"customer.{field}"
+
+
+# --- domain → protobuf ----------------------------------------------------------------------
+
+
+def _timestamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _contact_point_message(point: ContactPoint) -> customer_pb2.ContactPoint:
+    return customer_pb2.ContactPoint(kind=_KIND_NUMBERS[point.kind], value=point.value)
+
+
+def _consent_message(consent: Consent) -> customer_pb2.Consent:
+    return customer_pb2.Consent(
+        purpose=consent.purpose,
+        granted=consent.granted,
+        change_time=_timestamp(consent.changed_at),
+        source=consent.source,
+    )
+
+
+def customer_message(customer: Customer) -> customer_pb2.Customer:
+    subscription = customer.subscription
+    return customer_pb2.Customer(
+        id=str(customer.id),
+        name=customer.name,
+        company=customer.company,
+        language=customer.language,
+        time_zone=customer.time_zone,
+        segment=customer.segment,
+        tags=list(customer.tags),
+        attributes=customer.attribute_map(),
+        lifecycle=_LIFECYCLE_NUMBERS[customer.lifecycle],
+        subscription=customer_pb2.Subscription(
+            status=_STATUS_NUMBERS[subscription.status],
+            plan=subscription.plan,
+            since_time=_timestamp(subscription.since),
+        ),
+        contact_points=[_contact_point_message(point) for point in customer.contact_points],
+        consents=[_consent_message(consent) for consent in customer.consents],
+        merged_into_id="" if customer.merged_into is None else str(customer.merged_into),
+        erased=customer.erased,
+        create_time=_timestamp(customer.created_on),
+        update_time=_timestamp(customer.modified_on),
+        etag=str(customer.version),
+    )
+
+
+def timeline_entry_message(entry: TimelineEntry) -> customer_pb2.TimelineEntry:
+    return customer_pb2.TimelineEntry(
+        kind=_TIMELINE_KINDS[entry.kind],
+        id=str(entry.id),
+        title=entry.title,
+        summary=entry.summary,
+        status=entry.status,
+        channel=(
+            common_pb2.CHANNEL_UNSPECIFIED
+            if entry.channel is None
+            else _CHANNEL_NUMBERS[entry.channel]
+        ),
+        occur_time=_timestamp(entry.occurred_at),
+        update_time=_timestamp(entry.updated_at),
+    )
+
+
+# --- the servicer ---------------------------------------------------------------------------
+
+
+class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
+    def __init__(
+        self, app: CustomerApplication, views: CustomerViews, calls: BlockingCalls
+    ) -> None:
+        self.app = app
+        self.views = views
+        self.calls = calls
+
+    async def CreateCustomer(
+        self, request: customer_pb2.CreateCustomerRequest, context: Context
+    ) -> customer_pb2.Customer:
+        given = request.customer
+        lifecycle = _member(given.lifecycle, _LIFECYCLES, "customer.lifecycle", required=False)
+        points = [
+            (
+                _required(point.kind, _KINDS, f"customer.contact_points[{index}].kind").value,
+                point.value,
+            )
+            for index, point in enumerate(given.contact_points)
+        ]
+        region = _region(request.default_region)
+        with _fields(_under_customer):
+            customer = await self.calls(
+                self.app.register,
+                name=given.name,
+                company=given.company,
+                language=given.language,
+                time_zone=given.time_zone,
+                segment=given.segment,
+                tags=list(given.tags),
+                attributes=dict(given.attributes),
+                contact_points=points,
+                lifecycle=(lifecycle or Lifecycle.PROSPECT).value,
+                request_id=request.request_id or None,
+                default_region=region,
+            )
+        return customer_message(customer)
+
+    async def GetCustomer(
+        self, request: customer_pb2.GetCustomerRequest, context: Context
+    ) -> customer_pb2.Customer:
+        customer_id = _uuid(request.id, "id")
+        return customer_message(await self.calls(self.app.resolve, customer_id))
+
+    async def UpdateCustomer(
+        self, request: customer_pb2.UpdateCustomerRequest, context: Context
+    ) -> customer_pb2.Customer:
+        given = request.customer
+        customer_id = _uuid(given.id, "customer.id")
+        paths = self._update_paths(request)
+        expected_version = _etag(request.etag)
+        with _fields(lambda field: f"customer.{field}"):
+            customer = await self.calls(
+                self.app.update_profile,
+                customer_id,
+                expected_version=expected_version,
+                name=given.name if "name" in paths else None,
+                company=given.company if "company" in paths else None,
+                language=given.language if "language" in paths else None,
+                time_zone=given.time_zone if "time_zone" in paths else None,
+                segment=given.segment if "segment" in paths else None,
+                tags=list(given.tags) if "tags" in paths else None,
+                attributes=dict(given.attributes) if "attributes" in paths else None,
+            )
+        return customer_message(customer)
+
+    @staticmethod
+    def _update_paths(request: customer_pb2.UpdateCustomerRequest) -> frozenset[str]:
+        paths = list(request.update_mask.paths)
+        if not paths:
+            given = request.customer
+            implied = {
+                "name": bool(given.name),
+                "company": bool(given.company),
+                "language": bool(given.language),
+                "time_zone": bool(given.time_zone),
+                "segment": bool(given.segment),
+                "tags": bool(given.tags),
+                "attributes": bool(given.attributes),
+            }
+            paths = [field for field, given_value in implied.items() if given_value]
+            if not paths:
+                raise InvalidValue("update_mask", "names no field to change")
+            return frozenset(paths)
+        if "*" in paths:
+            if len(paths) > 1:
+                raise InvalidValue("update_mask", "'*' stands alone")
+            return frozenset(UPDATABLE_FIELDS)
+        for index, path in enumerate(paths):
+            if path not in UPDATABLE_FIELDS:
+                raise InvalidValue(
+                    f"update_mask.paths[{index}]",
+                    f"{path[:64]!r} is not a field UpdateCustomer changes; "
+                    f"expected one of {', '.join(UPDATABLE_FIELDS)}",
+                )
+        return frozenset(paths)
+
+    async def ListCustomers(
+        self, request: customer_pb2.ListCustomersRequest, context: Context
+    ) -> customer_pb2.ListCustomersResponse:
+        lifecycle = _member(request.lifecycle, _LIFECYCLES, "lifecycle", required=False)
+        page = await self.calls(
+            self.views.list_customers,
+            lifecycle=lifecycle.value if lifecycle is not None else "",
+            segment=request.segment,
+            tag=request.tag,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return customer_pb2.ListCustomersResponse(
+            customers=[customer_message(customer) for customer in page.customers],
+            next_page_token=page.next_page_token,
+        )
+
+    async def AddContactPoint(
+        self, request: customer_pb2.AddContactPointRequest, context: Context
+    ) -> customer_pb2.Customer:
+        customer_id = _uuid(request.customer_id, "customer_id")
+        kind = _required(request.contact_point.kind, _KINDS, "contact_point.kind")
+        region = _region(request.default_region)
+        customer = await self.calls(
+            self.app.add_contact_point,
+            customer_id,
+            kind.value,
+            request.contact_point.value,
+            default_region=region,
+        )
+        return customer_message(customer)
+
+    async def RemoveContactPoint(
+        self, request: customer_pb2.RemoveContactPointRequest, context: Context
+    ) -> customer_pb2.Customer:
+        customer_id = _uuid(request.customer_id, "customer_id")
+        kind = _required(request.contact_point.kind, _KINDS, "contact_point.kind")
+        region = _region(request.default_region)
+        customer = await self.calls(
+            self.app.remove_contact_point,
+            customer_id,
+            kind.value,
+            request.contact_point.value,
+            default_region=region,
+        )
+        return customer_message(customer)
+
+    async def LookupCustomer(
+        self, request: customer_pb2.LookupCustomerRequest, context: Context
+    ) -> customer_pb2.Customer:
+        key = request.WhichOneof("key")
+        if key is None:
+            raise InvalidValue("key", "set one of phone, email, handle")
+        raw = str(getattr(request, key))
+        kind = {"phone": ContactPointKind.PHONE, "email": ContactPointKind.EMAIL}.get(
+            key, ContactPointKind.HANDLE
+        )
+        region = _region(request.default_region)
+        with _fields(lambda field: key):
+            customer = await self.calls(self.app.lookup, kind.value, raw, default_region=region)
+        if customer is None:
+            # The message does not repeat the value: it is personal data, and logs keep it.
+            raise NotFound("customer", f"with this {key}")
+        return customer_message(customer)
+
+    async def MergeCustomers(
+        self, request: customer_pb2.MergeCustomersRequest, context: Context
+    ) -> customer_pb2.Customer:
+        duplicate_id = _uuid(request.duplicate_id, "duplicate_id")
+        survivor_id = _uuid(request.survivor_id, "survivor_id")
+        return customer_message(await self.calls(self.app.merge, duplicate_id, survivor_id))
+
+    async def SetConsent(
+        self, request: customer_pb2.SetConsentRequest, context: Context
+    ) -> customer_pb2.Customer:
+        customer_id = _uuid(request.customer_id, "customer_id")
+        customer = await self.calls(
+            self.app.record_consent,
+            customer_id,
+            request.purpose,
+            request.granted,
+            request.source,
+        )
+        return customer_message(customer)
+
+    async def ChangeLifecycle(
+        self, request: customer_pb2.ChangeLifecycleRequest, context: Context
+    ) -> customer_pb2.Customer:
+        customer_id = _uuid(request.customer_id, "customer_id")
+        lifecycle = _required(request.lifecycle, _LIFECYCLES, "lifecycle")
+        customer = await self.calls(
+            self.app.change_lifecycle, customer_id, lifecycle.value, request.reason
+        )
+        return customer_message(customer)
+
+    async def ChangeSubscription(
+        self, request: customer_pb2.ChangeSubscriptionRequest, context: Context
+    ) -> customer_pb2.Customer:
+        customer_id = _uuid(request.customer_id, "customer_id")
+        status = _required(request.status, _STATUSES, "status")
+        with _fields(lambda field: field.removeprefix("subscription.")):
+            customer = await self.calls(
+                self.app.change_subscription, customer_id, status.value, request.plan
+            )
+        return customer_message(customer)
+
+    async def EraseCustomer(
+        self, request: customer_pb2.EraseCustomerRequest, context: Context
+    ) -> customer_pb2.EraseCustomerResponse:
+        customer_id = _uuid(request.customer_id, "customer_id")
+        customer = await self.calls(self.app.erase, customer_id)
+        return customer_pb2.EraseCustomerResponse(
+            customer_id=str(customer.id), erase_time=_timestamp(customer.modified_on)
+        )
+
+    async def GetCustomerView(
+        self, request: customer_pb2.GetCustomerViewRequest, context: Context
+    ) -> customer_pb2.CustomerView:
+        customer_id = _uuid(request.customer_id, "customer_id")
+        view = await self.calls(
+            self.views.customer_view,
+            customer_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return customer_pb2.CustomerView(
+            customer=customer_message(view.customer),
+            timeline=[timeline_entry_message(entry) for entry in view.timeline],
+            next_page_token=view.next_page_token,
+        )

@@ -1,0 +1,97 @@
+"""`python -m services.customer` as operators run it: configured by the environment only,
+SERVING on the standard health service, and a clean exit (status 0) on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from crm.v1 import customer_pb2 as pb
+from crm.v1 import customer_pb2_grpc
+from crmcore.adapters.nats_server import free_loopback_port
+from crmcore.config import BusSettings
+
+pytestmark = pytest.mark.nats
+
+GRACE_S = 3
+STARTUP_S = 60
+
+
+def wait_until_serving(address: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            assert process.poll() is None, "the service exited during start-up"
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
+            except grpc.RpcError:
+                status = health_pb2.HealthCheckResponse.UNKNOWN
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"not SERVING within {STARTUP_S}s")
+            time.sleep(0.1)
+
+
+class TestTheServiceProcess:
+    def test_it_serves_then_stops_cleanly_on_sigterm(
+        self, tmp_path: Path, bus_settings: BusSettings
+    ) -> None:
+        address = f"127.0.0.1:{free_loopback_port()}"
+        environment = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("CRM_", "POSTGRES_", "NATS_"))
+        }
+        environment |= {
+            "CRM_CUSTOMER_ADDRESS": address,
+            "CRM_DATA_DIR": str(tmp_path / "data"),
+            "CRM_DEFAULT_REGION": "JP",
+            "CRM_SHUTDOWN_GRACE_S": str(GRACE_S),
+            "NATS_URL": bus_settings.url,
+            "CRM_STREAM": bus_settings.stream,
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.customer"],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until_serving(address, process)
+            with grpc.insecure_channel(address) as channel:
+                stub = customer_pb2_grpc.CustomerServiceStub(channel)
+                created = stub.CreateCustomer(
+                    pb.CreateCustomerRequest(
+                        customer=pb.Customer(
+                            name="Taro",
+                            contact_points=[
+                                pb.ContactPoint(
+                                    kind=pb.CONTACT_POINT_KIND_PHONE, value="090-1234-5678"
+                                )
+                            ],
+                        )
+                    )
+                )
+                found = stub.LookupCustomer(pb.LookupCustomerRequest(phone="+819012345678"))
+                assert found.id == created.id
+
+            process.send_signal(signal.SIGTERM)
+            # Generous for a loaded machine: the grace period plus the bus clients' stop.
+            exit_status = process.wait(timeout=GRACE_S + 30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+        assert exit_status == 0, output
+        assert (tmp_path / "data" / "customers.sqlite").exists()

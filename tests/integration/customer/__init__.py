@@ -1,0 +1,1 @@
+"""Integration tests of the customer context on real storage (SQLite, PostgreSQL) and NATS."""
