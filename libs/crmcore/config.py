@@ -142,6 +142,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     - `CRM_SHUTDOWN_GRACE_S`: seconds in-flight RPCs get on SIGTERM (default 5).
     - `CRM_DEFAULT_REGION`: ISO 3166 region for national phone numbers (e.g. `JP`; default none).
     - `CRM_WORKER_THREADS`: threads running store calls of concurrent RPCs (default 64).
+    - `CRM_INDEX_SECRET`: key of the hashes that index contact points (customer service). Set it
+      once per installation and never change it: existing contact points are found by it.
+      Unset, a development secret is used.
     """
 
     service: ServiceName
@@ -150,6 +153,7 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_s: float = 5.0
     default_region: str | None = None
     worker_threads: int = 64
+    index_secret: bytes | None = None
 
 
 def service_from_env(
@@ -166,6 +170,7 @@ def service_from_env(
         shutdown_grace_s=_number(env, "CRM_SHUTDOWN_GRACE_S", 5.0, 0),
         default_region=region,
         worker_threads=int(_number(env, "CRM_WORKER_THREADS", 64, 1)),
+        index_secret=env.get("CRM_INDEX_SECRET", "").encode() or None,
     )
 
 
@@ -306,4 +311,38 @@ def metrics_from_env(environ: Mapping[str, str] | None = None) -> MetricsSetting
         ),
         prometheus_address=None if prometheus.lower() in ("", "off", "none") else prometheus,
         batch=int(_number(env, "CRM_METRICS_BATCH", defaults.batch, 1)),
+    )
+
+
+# --- The interaction service's SLA scheduler ---------------------------------------------------
+
+
+class SlaSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How the interaction service measures SLAs (`crmcore.domain.sla`).
+
+    - `CRM_SLA_POLICIES`: the policies and their business calendar as JSON (the format of
+      `crmcore.domain.sla.policies_from_json`), or `CRM_SLA_POLICIES_FILE`: a file holding it.
+      Neither: the built-in policies by priority, Monday–Friday 09:00–18:00 UTC.
+    - `CRM_SLA_TICK_S`: how often the scheduler looks for deadlines that passed (default 1 s).
+    """
+
+    policies_json: str | None = None
+    tick_s: float = 1.0
+
+
+def sla_from_env(environ: Mapping[str, str] | None = None) -> SlaSettings:
+    """SLA settings from the environment (or the given mapping, for tests)."""
+    env = os.environ if environ is None else environ
+    inline = env.get("CRM_SLA_POLICIES", "").strip()
+    path = env.get("CRM_SLA_POLICIES_FILE", "").strip()
+    if inline and path:
+        raise ConfigurationError("set CRM_SLA_POLICIES or CRM_SLA_POLICIES_FILE, not both")
+    policies_json: str | None = inline or None
+    if path:
+        try:
+            policies_json = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigurationError(f"CRM_SLA_POLICIES_FILE={path!r}: {error}") from None
+    return SlaSettings(
+        policies_json=policies_json, tick_s=_number(env, "CRM_SLA_TICK_S", 1.0, 0.01)
     )

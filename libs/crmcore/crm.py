@@ -55,11 +55,10 @@ class CRM:
 
         A merged duplicate's history is found under the survivor's id too."""
         self._timeline.catch_up(self.interactions)
-        survivor = self.customers.resolve(customer_id).id
-        merged = {survivor, customer_id}
+        survivor = self.customers.resolve(customer_id)
         entries = [
             entry
-            for member in merged
+            for member in (survivor.id, *survivor.merged_ids)
             for entry in self._timeline.entries(member, limit=limit + offset)
         ]
         entries.sort(key=lambda entry: (entry.occurred_at, entry.id.int), reverse=True)

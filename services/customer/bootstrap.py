@@ -95,7 +95,10 @@ def build(settings: CustomerServiceSettings) -> CustomerService:
     """The service's parts, wired but not running (no server, no bus connection yet)."""
     service = settings.service
     app = CustomerApplication(
-        service.persistence, default_region=service.default_region, group_commit=True
+        service.persistence,
+        default_region=service.default_region,
+        group_commit=True,
+        index_secret=service.index_secret,
     )
     views = CustomerViews(app)
     calls = BlockingCalls(service.worker_threads, name="customer-rpc")

@@ -112,3 +112,17 @@ class TestReadme:
         history = crm.history(alice.id)  # type: ignore[attr-defined]
         assert [entry.kind for entry in history] == ["survey_response", "interaction"]
         assert history[1].status == "resolved"
+
+
+class TestMergedHistory:
+    def test_history_follows_the_survivor_of_a_merge(self) -> None:
+        crm = CRM.in_memory()
+        survivor = crm.customers.register(name="Mika", at=at(0))
+        duplicate = crm.customers.register(name="Mika S.", at=at(0))
+        old = crm.interactions.open_interaction(channel="email", customer_id=duplicate.id, at=at(1))
+        new = crm.interactions.open_interaction(channel="chat", customer_id=survivor.id, at=at(2))
+
+        crm.customers.merge(duplicate.id, survivor.id, at=at(3))
+
+        assert [entry.id for entry in crm.history(survivor.id)] == [new.id, old.id]
+        assert [entry.id for entry in crm.history(duplicate.id)] == [new.id, old.id]

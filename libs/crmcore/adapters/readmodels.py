@@ -93,9 +93,8 @@ class ReadModelStore:
                 cursor.execute(statement)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        with self.transaction() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
+        """Runs one read statement outside any explicit transaction (one round trip, no lock)."""
+        raise NotImplementedError
 
     def position(self, projection: str) -> int:
         """How far `projection` got (0 before its first event)."""
@@ -142,6 +141,10 @@ class SqliteReadModelStore(ReadModelStore):
             finally:
                 cursor.close()
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self._lock:
+            return [tuple(row) for row in self._connection.execute(sql, tuple(params)).fetchall()]
+
     def close_store(self) -> None:
         self._connection.close()
 
@@ -153,12 +156,12 @@ class PostgresReadModelStore(ReadModelStore):
         from psycopg_pool import ConnectionPool
 
         options = f"-c search_path={schema},public" if schema else None
+        # Autocommit: a read is one round trip; writes open their transaction explicitly.
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if options:
+            kwargs["options"] = options
         self._pool = ConnectionPool(
-            conninfo,
-            min_size=1,
-            max_size=pool_size,
-            kwargs={"options": options} if options else {},
-            open=True,
+            conninfo, min_size=1, max_size=pool_size, kwargs=kwargs, open=True
         )
         if schema:
             with self._pool.connection() as connection:
@@ -172,6 +175,11 @@ class PostgresReadModelStore(ReadModelStore):
             connection.cursor() as cursor,
         ):
             yield _PostgresCursor(cursor)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self._pool.connection() as connection:
+            rows = connection.execute(_to_pyformat(sql), tuple(params)).fetchall()
+        return [tuple(row) for row in rows]
 
     def close_store(self) -> None:
         self._pool.close()
