@@ -314,24 +314,29 @@ def metrics_from_env(environ: Mapping[str, str] | None = None) -> MetricsSetting
     )
 
 
-# --- The interaction service's SLA scheduler ---------------------------------------------------
+# --- The interaction service ------------------------------------------------------------------
 
 
-class SlaSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """How the interaction service measures SLAs (`crmcore.domain.sla`).
+class InteractionSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What only the interaction service needs.
 
-    - `CRM_SLA_POLICIES`: the policies and their business calendar as JSON (the format of
+    - `CRM_SLA_POLICIES`: the SLA policies and their business calendar as JSON (the format of
       `crmcore.domain.sla.policies_from_json`), or `CRM_SLA_POLICIES_FILE`: a file holding it.
       Neither: the built-in policies by priority, Monday–Friday 09:00–18:00 UTC.
-    - `CRM_SLA_TICK_S`: how often the scheduler looks for deadlines that passed (default 1 s).
+    - `CRM_SLA_TICK_S`: how often the SLA scheduler looks for deadlines that passed (default 1 s).
+    - `CRM_INTERACTION_STATE_CACHE`: how many aggregates' latest states the service keeps in
+      memory so that commands skip reading them back (default 10000; 0: none). Meant for one
+      service instance per database: with several, set 0 (queries could otherwise see a
+      state another instance changed late; commands stay correct either way).
     """
 
-    policies_json: str | None = None
-    tick_s: float = 1.0
+    sla_policies_json: str | None = None
+    sla_tick_s: float = 1.0
+    state_cache_size: int = 10_000
 
 
-def sla_from_env(environ: Mapping[str, str] | None = None) -> SlaSettings:
-    """SLA settings from the environment (or the given mapping, for tests)."""
+def interaction_from_env(environ: Mapping[str, str] | None = None) -> InteractionSettings:
+    """Interaction service settings from the environment (or the given mapping, for tests)."""
     env = os.environ if environ is None else environ
     inline = env.get("CRM_SLA_POLICIES", "").strip()
     path = env.get("CRM_SLA_POLICIES_FILE", "").strip()
@@ -343,6 +348,8 @@ def sla_from_env(environ: Mapping[str, str] | None = None) -> SlaSettings:
             policies_json = Path(path).read_text(encoding="utf-8")
         except OSError as error:
             raise ConfigurationError(f"CRM_SLA_POLICIES_FILE={path!r}: {error}") from None
-    return SlaSettings(
-        policies_json=policies_json, tick_s=_number(env, "CRM_SLA_TICK_S", 1.0, 0.01)
+    return InteractionSettings(
+        sla_policies_json=policies_json,
+        sla_tick_s=_number(env, "CRM_SLA_TICK_S", 1.0, 0.01),
+        state_cache_size=int(_number(env, "CRM_INTERACTION_STATE_CACHE", 10_000, 0)),
     )
