@@ -54,7 +54,7 @@ OVERLAYS = ("dev", "prod")
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 
 SERVICES = {"customer": 50051, "interaction": 50052, "routing": 50053, "metrics": 50054}
-SCALABLE = frozenset({"customer", "interaction", "metrics"})
+SCALABLE = frozenset({"customer", "interaction"})
 PROMETHEUS_PORT = 9464
 #: The image name in k8s/base; each overlay maps it to a registry and a tag.
 BASE_IMAGE = "crmcore"

@@ -5,17 +5,36 @@ and VOC contexts, so that a command touching two of them (linking an interaction
 the first reply on a case) is one atomic `record()`. Every writing method takes `at` (default:
 now, UTC), runs the aggregate's command, stores the events, and returns the new state; a
 refused command stores nothing.
+
+Beyond the commands of the aggregates:
+- feedback is classified on capture by the built-in keyword rules
+  (`crmcore.domain.classifier`) for every value the caller did not set; an agent overrides
+  them with `classify_feedback`. A survey comment can be captured as feedback in the same
+  transaction as the response (`capture_comment=True`), and an agent can tag a transcript:
+  feedback from a transcript without text takes the customer's public messages;
+- `record_sla_event` stores a case's SLA at-risk or breached event once (the SLA scheduler of
+  `crmcore.application.sla_scheduler` calls it);
+- `apply_routing_event` records what the routing service decided (offers, acceptances,
+  rejections, timeouts, revocations) on the interaction; applying an event twice, or one the
+  interaction has moved past, changes nothing.
+
+`group_commit=True` (services under load) lets concurrent calls from many threads share
+transactions (see `crmcore.application.group_commit`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, TypeVar
-from uuid import UUID, uuid4
+from typing import ClassVar, TypeVar, cast
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from crmcore.application.base import CRMApplication
+from crmcore.config import PersistenceSettings
+from crmcore.domain import classifier
 from crmcore.domain.base import Aggregate, DomainEvent
 from crmcore.domain.case import DEFAULT_REOPEN_WINDOW, Case, CaseEvent, CasePriority
 from crmcore.domain.errors import AlreadyExists, ConcurrencyConflict, NotFound, RuleViolation
@@ -23,6 +42,7 @@ from crmcore.domain.feedback import (
     Feedback,
     FeedbackSource,
     Setter,
+    SurveyKind,
     SurveyResponse,
     survey_response_id,
 )
@@ -32,15 +52,40 @@ from crmcore.domain.interaction import (
     Interaction,
     InteractionEvent,
     InteractionRequestKey,
+    InteractionStatus,
     RoutingRequirements,
     request_key_id,
 )
-from crmcore.domain.values import Direction
+from crmcore.domain.sla import (
+    SlaEvent,
+    SlaEventKind,
+    SlaMetric,
+    SlaRecord,
+    mark,
+    sla_record_id,
+)
+from crmcore.domain.task import (
+    RoutingAccepted,
+    RoutingAssigned,
+    RoutingOffered,
+    RoutingOfferRevoked,
+    RoutingRejected,
+    RoutingTimedOut,
+    TaskEvent,
+)
+from crmcore.domain.values import MAX_TEXT_LENGTH, Direction
 
 TState = TypeVar("TState", bound=Aggregate)
 
 OPEN_INTERACTION = "open_interaction"
 OPEN_CASE = "open_case"
+
+SURVEY_FEEDBACK_NAMESPACE = uuid5(NAMESPACE_URL, "urn:crm:voc:survey-comment-feedback")
+
+
+def survey_feedback_id(response_id: UUID) -> UUID:
+    """The id of the feedback captured from the comment of survey response `response_id`."""
+    return uuid5(SURVEY_FEEDBACK_NAMESPACE, str(response_id))
 
 
 def _when(at: datetime | None) -> datetime:
@@ -52,6 +97,41 @@ class InteractionApplication(CRMApplication):
 
     name = "interactions"
     aggregate_kind: ClassVar[str] = "interaction"
+
+    def __init__(
+        self,
+        persistence: PersistenceSettings | None = None,
+        *,
+        group_commit: bool = False,
+        state_cache_size: int = 0,
+    ) -> None:
+        """`state_cache_size` > 0 keeps the latest state of that many aggregates in memory, so
+        that a command does not read its aggregate's events back from the store. A state
+        another process changed meanwhile is noticed when storing (the version is taken)
+        and the command runs once more on the stored state; queries may see such a state
+        late, so the cache suits one writing instance per store (the service's default)."""
+        super().__init__(persistence, group_commit=group_commit)
+        self._states = _States(state_cache_size) if state_cache_size > 0 else None
+
+    def load(self, aggregate_id: UUID, kind: type[TState]) -> TState:
+        if self._states is not None:
+            cached = self._states.get(aggregate_id)
+            if isinstance(cached, kind):
+                return cached
+        state = super().load(aggregate_id, kind)
+        if self._states is not None:
+            self._states.put(state)
+        return state
+
+    def record(self, *events: DomainEvent) -> None:
+        try:
+            super().record(*events)
+        except ConcurrencyConflict:
+            if self._states is not None:
+                self._states.forget(event.originator_id for event in events)
+            raise
+        if self._states is not None:
+            self._states.advance(events)
 
     # --- interactions -----------------------------------------------------------------------
 
@@ -91,7 +171,12 @@ class InteractionApplication(CRMApplication):
         if case_id is not None:
             case = self.get_case(case_id)
             events.append(
-                case.link_interaction(interaction_id, interaction_customer_id=customer_id, at=when)
+                case.link_interaction(
+                    interaction_id,
+                    interaction_customer_id=customer_id,
+                    interaction_channel=opened.channel,
+                    at=when,
+                )
             )
         if request_id is not None:
             events.append(
@@ -297,6 +382,7 @@ class InteractionApplication(CRMApplication):
         priority: str = CasePriority.NORMAL,
         interaction_ids: Sequence[UUID] = (),
         reopen_window: timedelta = DEFAULT_REOPEN_WINDOW,
+        channel: str | None = None,
         request_id: str | None = None,
         at: datetime | None = None,
     ) -> Case:
@@ -321,13 +407,17 @@ class InteractionApplication(CRMApplication):
             reason=reason,
             priority=priority,
             reopen_window=reopen_window,
+            channel=channel,
             at=when,
         )
         case = opened.mutate(None)
         events: list[DomainEvent] = [opened]
         for interaction in interactions:
             linked = case.link_interaction(
-                interaction.id, interaction_customer_id=interaction.customer_id, at=when
+                interaction.id,
+                interaction_customer_id=interaction.customer_id,
+                interaction_channel=interaction.channel,
+                at=when,
             )
             case = linked.mutate(case)
             events += [linked, interaction.link_to_case(case_id, at=when)]
@@ -346,7 +436,10 @@ class InteractionApplication(CRMApplication):
         case = self.get_case(case_id)
         interaction = self.get_interaction(interaction_id)
         linked = case.link_interaction(
-            interaction_id, interaction_customer_id=interaction.customer_id, at=when
+            interaction_id,
+            interaction_customer_id=interaction.customer_id,
+            interaction_channel=interaction.channel,
+            at=when,
         )
         self.record(linked, interaction.link_to_case(case_id, at=when))
         return linked.mutate(case)
@@ -385,12 +478,15 @@ class InteractionApplication(CRMApplication):
         interaction_id: UUID | None = None,
         case_id: UUID | None = None,
         agent_id: UUID | None = None,
+        capture_comment: bool = False,
         at: datetime | None = None,
     ) -> SurveyResponse:
         """Records the one response to a survey (AlreadyExists for a second one).
 
         Customer, case, agent (the one who resolved it, else the last who handled it) and
-        channel default to those of the rated interaction."""
+        channel default to those of the rated interaction. With `capture_comment`, a comment
+        also becomes VOC feedback (id `survey_feedback_id(response.id)`, source `survey`,
+        classified by the rules with the score as a hint), in the same transaction."""
         when = _when(at)
         channel: str | None = None
         if interaction_id is not None:
@@ -413,8 +509,26 @@ class InteractionApplication(CRMApplication):
         )
         if self._exists(answered.originator_id, SurveyResponse):
             raise AlreadyExists(f"survey {answered.survey_id} was answered already")
+        events: list[DomainEvent] = [answered]
+        if capture_comment and answered.comment:
+            events.append(
+                Feedback.capture(
+                    feedback_id=survey_feedback_id(answered.originator_id),
+                    text=answered.comment,
+                    source=FeedbackSource.SURVEY,
+                    customer_id=answered.customer_id,
+                    interaction_id=answered.interaction_id,
+                    case_id=answered.case_id,
+                    survey_response_id=answered.originator_id,
+                    channel=answered.channel,
+                    by_rule=classifier.classify(
+                        answered.comment, survey=(answered.kind, answered.score)
+                    ),
+                    at=when,
+                )
+            )
         try:
-            self.record(answered)
+            self.record(*events)
         except ConcurrencyConflict:
             raise AlreadyExists(f"survey {answered.survey_id} was answered already") from None
         return answered.mutate(None)
@@ -443,11 +557,17 @@ class InteractionApplication(CRMApplication):
         at: datetime | None = None,
     ) -> Feedback:
         """Captures what a customer said. Customer, case and channel default to those of the
-        interaction (or survey response) it came from."""
+        interaction (or survey response) it came from. What the caller does not classify,
+        the built-in rules do (set by `rule`); a survey response's score is their hint.
+
+        Feedback from a transcript (`source` "transcript") without text takes the customer's
+        public messages of the interaction: an agent tagging a conversation."""
         when = _when(at)
         channel: str | None = None
+        survey: tuple[SurveyKind, int] | None = None
         if survey_response_id is not None:
             response = self.get_survey_response(survey_response_id)
+            survey = (response.kind, response.score)
             customer_id = customer_id or response.customer_id
             interaction_id = interaction_id or response.interaction_id
             case_id = case_id or response.case_id
@@ -457,6 +577,11 @@ class InteractionApplication(CRMApplication):
             customer_id = customer_id or interaction.customer_id
             case_id = case_id or interaction.case_id
             channel = channel or interaction.channel
+            if source == FeedbackSource.TRANSCRIPT and not text.strip():
+                text = _customer_words(interaction)
+        by_rule = None
+        if category is None or sentiment is None or not topics:
+            by_rule = classifier.classify(text, survey=survey)
         captured = Feedback.capture(
             feedback_id=uuid4(),
             text=text,
@@ -471,6 +596,7 @@ class InteractionApplication(CRMApplication):
             sentiment_score=sentiment_score,
             topics=topics,
             set_by=set_by,
+            by_rule=by_rule,
             at=when,
         )
         self.record(captured)
@@ -502,6 +628,127 @@ class InteractionApplication(CRMApplication):
     def get_feedback(self, feedback_id: UUID) -> Feedback:
         return self._load(feedback_id, Feedback, "feedback")
 
+    # --- SLA --------------------------------------------------------------------------------
+
+    def record_sla_event(
+        self,
+        case_id: UUID,
+        *,
+        kind: str,
+        metric: str,
+        cycle: int,
+        policy: str,
+        target: timedelta,
+        started_at: datetime,
+        due_at: datetime,
+        at_risk_at: datetime | None = None,
+        at: datetime | None = None,
+    ) -> SlaEvent | None:
+        """Stores a case's SLA at-risk or breached event, at most once per metric, cycle and
+        kind; None (and nothing stored) when the case already had it."""
+        when = _when(at)
+        checked_kind = SlaEventKind(kind)
+        checked_metric = SlaMetric(metric)
+        case = self.get_case(case_id)
+        for _ in range(3):
+            record = self.get_sla_record(case_id)
+            if record is not None and record.has(checked_metric, cycle, checked_kind):
+                return None
+            event = mark(
+                record,
+                case_id=case_id,
+                kind=checked_kind,
+                metric=checked_metric,
+                cycle=cycle,
+                policy=policy,
+                target=target,
+                started_at=started_at,
+                due_at=due_at,
+                at_risk_at=at_risk_at,
+                customer_id=case.customer_id,
+                channel=case.channel,
+                priority=case.priority,
+                at=when,
+            )
+            try:
+                self.record(event)
+            except ConcurrencyConflict:
+                continue  # another scheduler marked the case: look again
+            return event
+        raise ConcurrencyConflict(f"the SLA record of case {case_id} keeps changing")
+
+    def get_sla_record(self, case_id: UUID) -> SlaRecord | None:
+        """The SLA events a case has had (None: none yet)."""
+        try:
+            return self.load(sla_record_id(case_id), SlaRecord)
+        except NotFound:
+            return None
+
+    # --- routing decisions ------------------------------------------------------------------
+
+    def apply_routing_event(self, event: TaskEvent) -> Interaction | None:
+        """Records a routing decision about the interaction whose id is the task's; returns
+        the new state, or None when there is nothing to record (work that is not an
+        interaction, an event applied before, or one the interaction has moved past)."""
+        if isinstance(event, RoutingOffered):
+            return self._routing_offer(event.originator_id, event.agent_id, event.timestamp)
+        if isinstance(event, RoutingAccepted | RoutingAssigned):
+            return self._routing_answer(event.originator_id, event.agent_id, event.timestamp)
+        reason = {
+            RoutingRejected: DeclineReason.REJECTED,
+            RoutingTimedOut: DeclineReason.TIMEOUT,
+            RoutingOfferRevoked: DeclineReason.REVOKED,
+        }.get(type(event))
+        agent_id = getattr(event, "agent_id", None)
+        if reason is not None and isinstance(agent_id, UUID):
+            return self._routing_miss(event.originator_id, agent_id, reason, event.timestamp)
+        return None
+
+    def _routing_offer(
+        self, interaction_id: UUID, agent_id: UUID, at: datetime
+    ) -> Interaction | None:
+        state = self._find_interaction(interaction_id)
+        if state is None or state.status is not InteractionStatus.QUEUED:
+            return None
+        return self._apply(state, state.offer(agent_id, at=max(at, state.modified_on)))
+
+    def _routing_answer(
+        self, interaction_id: UUID, agent_id: UUID, at: datetime
+    ) -> Interaction | None:
+        state = self._find_interaction(interaction_id)
+        if state is None or state.status not in (
+            InteractionStatus.QUEUED,
+            InteractionStatus.OFFERED,
+        ):
+            return None  # not an interaction, or answered already (by this agent or another)
+        if state.status is InteractionStatus.OFFERED and state.offered_agent_id != agent_id:
+            return None  # an offer to someone else is pending: its own events will follow
+        return self._apply(state, state.answer(agent_id, at=max(at, state.modified_on)))
+
+    def _routing_miss(
+        self, interaction_id: UUID, agent_id: UUID, reason: DeclineReason, at: datetime
+    ) -> Interaction | None:
+        state = self._find_interaction(interaction_id)
+        if (
+            state is None
+            or state.status is not InteractionStatus.OFFERED
+            or state.offered_agent_id != agent_id
+        ):
+            return None
+        return self._apply(
+            state, state.decline_offer(agent_id, reason, at=max(at, state.modified_on))
+        )
+
+    def _find_interaction(self, interaction_id: UUID) -> Interaction | None:
+        try:
+            return self.load(interaction_id, Interaction)
+        except NotFound:
+            return None
+
+    def _apply(self, state: Interaction, event: InteractionEvent) -> Interaction:
+        self.record(event)
+        return event.mutate(state)
+
     # --- helpers ----------------------------------------------------------------------------
 
     def _load(self, aggregate_id: UUID, kind: type[TState], label: str) -> TState:
@@ -520,16 +767,32 @@ class InteractionApplication(CRMApplication):
     def _change(
         self, interaction_id: UUID, command: Callable[[Interaction], InteractionEvent]
     ) -> Interaction:
-        state = self.get_interaction(interaction_id)
-        event = command(state)
-        self.record(event)
-        return event.mutate(state)
+        return self._run(interaction_id, Interaction, "interaction", command)
 
     def _change_case(self, case_id: UUID, command: Callable[[Case], CaseEvent]) -> Case:
-        case = self.get_case(case_id)
-        event = command(case)
-        self.record(event)
-        return event.mutate(case)
+        return self._run(case_id, Case, "case", command)
+
+    def _run(
+        self,
+        aggregate_id: UUID,
+        kind: type[TState],
+        label: str,
+        command: Callable[[TState], DomainEvent],
+    ) -> TState:
+        """Runs a command on an aggregate and stores its event; with the state cache, once
+        more on the stored state when the cached one turned out to be stale."""
+        attempts = 2 if self._states is not None else 1
+        for attempt in range(1, attempts + 1):
+            state = self._load(aggregate_id, kind, label)
+            event = command(state)
+            try:
+                self.record(event)
+            except ConcurrencyConflict:
+                if attempt == attempts:
+                    raise
+                continue
+            return cast(TState, event.mutate(state))
+        raise AssertionError("unreachable")
 
     def _created_by_request(self, operation: str, request_id: str | None) -> UUID | None:
         """What an earlier request with the same `request_id` created, if any."""
@@ -554,3 +817,58 @@ class InteractionApplication(CRMApplication):
                 raise
             return winner
         return None
+
+
+def _customer_words(interaction: Interaction) -> str:
+    """What the customer said publicly in an interaction, one message a line (bounded)."""
+    words = "\n".join(
+        entry.text
+        for entry in interaction.transcript
+        if entry.author_kind is AuthorKind.CUSTOMER and entry.public
+    )
+    return words[:MAX_TEXT_LENGTH]
+
+
+class _States:
+    """The latest states of the most recently used aggregates (least recently used leave)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._maxsize = maxsize
+        self._states: OrderedDict[UUID, Aggregate] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, aggregate_id: UUID) -> Aggregate | None:
+        with self._lock:
+            state = self._states.get(aggregate_id)
+            if state is not None:
+                self._states.move_to_end(aggregate_id)
+            return state
+
+    def put(self, state: Aggregate) -> None:
+        with self._lock:
+            current = self._states.get(state.id)
+            if current is None or current.version <= state.version:
+                self._keep(state)
+
+    def advance(self, events: Sequence[DomainEvent]) -> None:
+        """Moves the cached states on by stored events (forgetting any it cannot follow)."""
+        with self._lock:
+            for event in events:
+                current = self._states.get(event.originator_id)
+                if event.originator_version == 1:
+                    self._keep(event.mutate(None))
+                elif current is not None and current.version == event.originator_version - 1:
+                    self._keep(event.mutate(current))
+                else:
+                    self._states.pop(event.originator_id, None)
+
+    def forget(self, aggregate_ids: Iterable[UUID]) -> None:
+        with self._lock:
+            for aggregate_id in aggregate_ids:
+                self._states.pop(aggregate_id, None)
+
+    def _keep(self, state: Aggregate) -> None:
+        self._states[state.id] = state
+        self._states.move_to_end(state.id)
+        while len(self._states) > self._maxsize:
+            self._states.popitem(last=False)

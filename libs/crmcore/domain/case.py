@@ -118,6 +118,9 @@ class Case(Aggregate, frozen=True, kw_only=True):
     customer_id: UUID | None = None
     #: Contact reason / category of the issue.
     reason: str | None = None
+    #: The channel the issue came in on (given when opened, else its first interaction's):
+    #: SLA policies are chosen by it.
+    channel: values.Channel | None = None
     interaction_ids: tuple[UUID, ...] = ()
     #: Interactions linked after the first one: the customer came back about the same issue.
     repeat_contact_count: int = 0
@@ -155,6 +158,7 @@ class Case(Aggregate, frozen=True, kw_only=True):
         reason: str | None = None,
         priority: str = CasePriority.NORMAL,
         reopen_window: timedelta = DEFAULT_REOPEN_WINDOW,
+        channel: str | None = None,
         at: datetime,
     ) -> CaseOpened:
         checked_window = valid_reopen_window(reopen_window)
@@ -172,12 +176,22 @@ class Case(Aggregate, frozen=True, kw_only=True):
             priority=values.enum_value(CasePriority, priority, "priority"),
             subject=values.required_text(subject, "subject", max_length=MAX_SUBJECT_LENGTH),
             reopen_window=checked_window,
+            channel=(
+                values.enum_value(values.Channel, channel, "channel")
+                if channel is not None
+                else None
+            ),
         )
 
     # --- commands ---------------------------------------------------------------------------
 
     def link_interaction(
-        self, interaction_id: UUID, *, interaction_customer_id: UUID | None, at: datetime
+        self,
+        interaction_id: UUID,
+        *,
+        interaction_customer_id: UUID | None,
+        interaction_channel: str | None = None,
+        at: datetime,
     ) -> CaseInteractionLinked:
         """Groups an interaction under this case; a later one is a repeat contact."""
         facts = self._facts(CaseCommand.LINK_INTERACTION, at)
@@ -198,6 +212,11 @@ class Case(Aggregate, frozen=True, kw_only=True):
             interaction_id=interaction_id,
             repeat_contact=bool(self.interaction_ids),
             interaction_count=len(self.interaction_ids) + 1,
+            channel=(
+                values.enum_value(values.Channel, interaction_channel, "channel")
+                if interaction_channel is not None
+                else None
+            ),
         )
 
     def change_status(self, status: str, *, at: datetime) -> CaseStatusChanged:
@@ -310,6 +329,7 @@ class CaseEvent(Event[Case], frozen=True, kw_only=True):
 class CaseOpened(CaseEvent, frozen=True, kw_only=True):
     subject: str
     reopen_window: timedelta
+    channel: values.Channel | None = None
 
     def mutate(self, state: Case | None) -> Case:
         return Case(
@@ -323,6 +343,7 @@ class CaseOpened(CaseEvent, frozen=True, kw_only=True):
             customer_id=self.customer_id,
             reason=self.reason,
             reopen_window=self.reopen_window,
+            channel=self.channel,
         )
 
 
@@ -331,12 +352,15 @@ class CaseInteractionLinked(CaseEvent, frozen=True, kw_only=True):
     #: The customer came back about this issue (not the first interaction of the case).
     repeat_contact: bool
     interaction_count: int
+    #: The interaction's channel (the case takes it when it has none yet).
+    channel: values.Channel | None = None
 
     def apply(self, state: Case) -> Case:
         return self._advance(
             state,
             interaction_ids=(*state.interaction_ids, self.interaction_id),
             repeat_contact_count=state.repeat_contact_count + int(self.repeat_contact),
+            channel=state.channel or self.channel,
         )
 
 

@@ -20,6 +20,8 @@ from types import MappingProxyType
 from typing import ClassVar, NamedTuple
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+import msgspec
+
 from crmcore.domain import values
 from crmcore.domain.base import Aggregate, Event, advance
 from crmcore.domain.errors import InvalidValue, RuleViolation
@@ -80,6 +82,16 @@ class Setter(enum.StrEnum):
 SETTER_RANK: Mapping[Setter, int] = MappingProxyType(
     {Setter.RULE: 0, Setter.MODEL: 1, Setter.AGENT: 2, Setter.CUSTOMER: 2}
 )
+
+
+class RuleClassification(msgspec.Struct, frozen=True, kw_only=True):
+    """What a keyword/rule classifier (`crmcore.domain.classifier`) made of a text; `capture`
+    takes it for the values the caller did not give, set by `rule`."""
+
+    category: FeedbackCategory
+    sentiment: Sentiment
+    sentiment_score: float
+    topics: tuple[str, ...]
 
 
 def survey_response_id(survey_id: str) -> UUID:
@@ -230,12 +242,14 @@ class Feedback(Aggregate, frozen=True, kw_only=True):
         sentiment_score: float | None = None,
         topics: Sequence[str] = (),
         set_by: str = Setter.RULE,
+        by_rule: RuleClassification | None = None,
         at: datetime,
     ) -> FeedbackCaptured:
         """Captures feedback; the classification given (if any) is set by `set_by`, the rest
-        defaults to category `other` and sentiment `neutral`, set by `rule`."""
+        comes from `by_rule` (set by `rule`), else category `other` and sentiment `neutral`."""
         setter = values.enum_value(Setter, set_by, "set_by")
         checked = _classification(category, sentiment, sentiment_score, topics)
+        rule_topics = values.tags(by_rule.topics, "topics") if by_rule is not None else ()
         return FeedbackCaptured(
             originator_id=feedback_id,
             originator_version=1,
@@ -251,12 +265,18 @@ class Feedback(Aggregate, frozen=True, kw_only=True):
                 if channel is not None
                 else None
             ),
-            category=checked.category or FeedbackCategory.OTHER,
+            category=checked.category
+            or (by_rule.category if by_rule is not None else FeedbackCategory.OTHER),
             category_set_by=setter if checked.category is not None else Setter.RULE,
-            sentiment=checked.sentiment or Sentiment.NEUTRAL,
-            sentiment_score=checked.sentiment_score,
+            sentiment=checked.sentiment
+            or (by_rule.sentiment if by_rule is not None else Sentiment.NEUTRAL),
+            sentiment_score=(
+                checked.sentiment_score
+                if checked.sentiment is not None or by_rule is None
+                else by_rule.sentiment_score
+            ),
             sentiment_set_by=setter if checked.sentiment is not None else Setter.RULE,
-            topics=checked.topics or (),
+            topics=checked.topics or rule_topics,
             topics_set_by=setter if checked.topics else Setter.RULE,
         )
 

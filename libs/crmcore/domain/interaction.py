@@ -164,6 +164,8 @@ class AuthorKind(enum.StrEnum):
 class DeclineReason(enum.StrEnum):
     REJECTED = "rejected"
     TIMEOUT = "timeout"
+    #: Routing took the offer back through no fault of the agent (e.g. they went offline).
+    REVOKED = "revoked"
 
 
 # --- value objects ------------------------------------------------------------------------

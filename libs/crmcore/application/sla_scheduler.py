@@ -1,0 +1,622 @@
+"""SLA deadlines of cases, and the scheduler that raises at-risk and breached events.
+
+`SlaClocks` is a read model ("interactions_sla", beside the events) that follows the
+interaction application's notification log, committing each batch with its position in one
+transaction. For every case it keeps the clocks of the matching policy
+(`crmcore.domain.sla`):
+
+- first response: from the case's opening to the first public reply of an agent;
+- next response: from each public customer message after that reply (while no earlier one
+  waits) to the agent's next public reply, one cycle per wait;
+- resolution: from the opening to solving; a reopening runs it on (the time in between does
+  not count).
+
+Every clock pauses while the case is pending (waiting on the customer). Solving stops the
+response clocks; closing stops everything. The policy is chosen by the case's priority and
+channel (its first interaction's, when the case was not opened with one), and chosen again
+when the channel becomes known. Each clock's row holds its deadline and at-risk time in UTC,
+recomputed on every event of its case, and whether its events were recorded.
+
+`SlaScheduler.run_once(now)` projects what is new, then records, through the application,
+a breached event for each clock whose deadline passed unmet (also for one met late while no
+scheduler ran), and an at-risk event for each clock past its at-risk time but not its
+deadline. The application stores each event at most once per case, metric, cycle and kind
+(`SlaRecord`), so restarts, a crash between recording and projecting, or two schedulers on
+one database never duplicate an event. The service calls `run_once` every tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+from uuid import UUID
+
+import msgspec
+from eventsourcing.utils import get_topic
+
+from crmcore.adapters.readmodels import Cursor, ReadModelStore, open_read_model_store
+from crmcore.application.interactions import InteractionApplication
+from crmcore.domain.base import DomainEvent
+from crmcore.domain.case import (
+    CaseClosed,
+    CaseEvent,
+    CaseFirstResponded,
+    CaseInteractionLinked,
+    CaseOpened,
+    CasePriority,
+    CaseReopened,
+    CaseSolved,
+    CaseStatus,
+    CaseStatusChanged,
+)
+from crmcore.domain.errors import NotFound
+from crmcore.domain.interaction import (
+    AuthorKind,
+    InteractionOpened,
+    LinkedToCase,
+    MessageAdded,
+)
+from crmcore.domain.sla import (
+    ClockState,
+    SlaAtRisk,
+    SlaBreached,
+    SlaClock,
+    SlaEvent,
+    SlaEventKind,
+    SlaMetric,
+    SlaPolicies,
+    SlaPolicy,
+)
+from crmcore.domain.values import Channel
+
+log = logging.getLogger(__name__)
+
+SLA_STORE_NAME = "interactions_sla"
+DEFAULT_BATCH_SIZE = 500
+#: Clocks handled per scheduler round at most (the rest wait for the next tick).
+MAX_DUE_PER_ROUND = 500
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_clock_encoder = msgspec.msgpack.Encoder()
+_clock_decoder = msgspec.msgpack.Decoder(SlaClock)
+
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS sla_cases (
+        case_id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        customer_id TEXT,
+        channel TEXT,
+        priority TEXT NOT NULL,
+        status TEXT NOT NULL,
+        first_responded INTEGER NOT NULL,
+        cycles INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS sla_links (
+        interaction_id TEXT PRIMARY KEY,
+        case_id TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS sla_clocks (
+        case_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        cycle INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        clock {bytes_type} NOT NULL,
+        policy TEXT,
+        target_s DOUBLE PRECISION,
+        due_at BIGINT,
+        at_risk_at BIGINT,
+        breach_due BIGINT,
+        at_risk_due BIGINT,
+        breach_sent INTEGER NOT NULL DEFAULT 0,
+        at_risk_sent INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (case_id, metric, cycle)
+    )""",
+    "CREATE INDEX IF NOT EXISTS sla_clocks_breach ON sla_clocks (breach_due)",
+    "CREATE INDEX IF NOT EXISTS sla_clocks_at_risk ON sla_clocks (at_risk_due)",
+)
+
+_OPEN_STATES = (ClockState.RUNNING, ClockState.PAUSED)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _moment(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=int(micros))
+
+
+class ClockView(msgspec.Struct, frozen=True, kw_only=True):
+    """One SLA clock of a case as the API shows it."""
+
+    case_id: UUID
+    metric: SlaMetric
+    cycle: int
+    state: ClockState
+    policy: str | None
+    target: timedelta | None
+    started_at: datetime
+    due_at: datetime | None
+    at_risk_at: datetime | None
+    ended_at: datetime | None
+    #: The deadline passed before the clock was met or stopped (or has passed by now).
+    breached: bool
+    at_risk_recorded: bool
+    breach_recorded: bool
+
+
+class DueClock(msgspec.Struct, frozen=True, kw_only=True):
+    """A clock whose at-risk or breached event is owed."""
+
+    case_id: UUID
+    metric: SlaMetric
+    cycle: int
+    kind: SlaEventKind
+    policy: str
+    target: timedelta
+    started_at: datetime
+    due_at: datetime
+    at_risk_at: datetime | None
+
+
+class _CaseRow(msgspec.Struct, kw_only=True):
+    case_id: str
+    version: int
+    customer_id: str | None
+    channel: Channel | None
+    priority: CasePriority
+    status: CaseStatus
+    first_responded: bool
+    cycles: int
+
+
+class SlaClocks:
+    """The due-date read model (module docstring)."""
+
+    PROJECTION = "sla_clocks"
+
+    def __init__(
+        self,
+        app: InteractionApplication,
+        policies: SlaPolicies,
+        store: ReadModelStore | None = None,
+    ) -> None:
+        self.app = app
+        self.policies = policies
+        self._owns_store = store is None
+        self.store = store or open_read_model_store(app.persistence, SLA_STORE_NAME)
+        bytes_type = "BYTEA" if self.store.dialect == "postgres" else "BLOB"
+        self.store.create(*(sql.format(bytes_type=bytes_type) for sql in _TABLES))
+        self._lock = threading.Lock()
+        classes: list[type[DomainEvent]] = [
+            CaseOpened,
+            CaseInteractionLinked,
+            CaseStatusChanged,
+            CaseFirstResponded,
+            CaseSolved,
+            CaseReopened,
+            CaseClosed,
+            InteractionOpened,
+            LinkedToCase,
+            MessageAdded,
+            SlaAtRisk,
+            SlaBreached,
+        ]
+        self._topics = frozenset(get_topic(cls) for cls in classes)
+
+    @property
+    def position(self) -> int:
+        return self.store.position(self.PROJECTION)
+
+    def close_clocks(self) -> None:
+        if self._owns_store:
+            self.store.close_store()
+
+    # --- following the log ------------------------------------------------------------------
+
+    def catch_up(self, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+        """Projects every event stored after the saved position; returns how many were read."""
+        read = 0
+        with self._lock:
+            while True:
+                with self.store.transaction() as cursor:
+                    position = _locked_position(cursor, self.store.dialect, self.PROJECTION)
+                    notifications = self.app.recorder.select_notifications(
+                        start=position, limit=batch_size, inclusive_of_start=False
+                    )
+                    if not notifications:
+                        return read
+                    for notification in notifications:
+                        if notification.topic in self._topics:
+                            event = self.app.mapper.to_domain_event(notification)
+                            self._apply(cursor, cast(DomainEvent, event))
+                    ReadModelStore.save_position(cursor, self.PROJECTION, notifications[-1].id)
+                read += len(notifications)
+
+    def recompute_open_clocks(self) -> int:
+        """Recomputes the deadlines of every running or paused clock with the current
+        policies (after a configuration change); returns how many clocks it looked at."""
+        with self._lock, self.store.transaction() as cursor:
+            cursor.execute(
+                "SELECT DISTINCT case_id FROM sla_clocks WHERE state IN (?, ?)",
+                tuple(str(state) for state in _OPEN_STATES),
+            )
+            case_ids = [str(row[0]) for row in cursor.fetchall()]
+            count = 0
+            for case_id in case_ids:
+                case = self._case_row(cursor, case_id)
+                if case is not None:
+                    count += self._rewrite(cursor, case, self._clocks(cursor, case_id))
+            return count
+
+    def _apply(self, cursor: Cursor, event: DomainEvent) -> None:
+        if isinstance(event, CaseEvent):
+            self._case_event(cursor, event)
+        elif isinstance(event, SlaEvent):
+            column = "breach_sent" if isinstance(event, SlaBreached) else "at_risk_sent"
+            cursor.execute(
+                f"UPDATE sla_clocks SET {column} = 1 "
+                "WHERE case_id = ? AND metric = ? AND cycle = ?",
+                (str(event.case_id), str(event.metric), event.cycle),
+            )
+        elif isinstance(event, InteractionOpened | LinkedToCase):
+            case_id = event.case_id
+            if case_id is not None:
+                cursor.execute(
+                    "INSERT INTO sla_links (interaction_id, case_id) VALUES (?, ?) "
+                    "ON CONFLICT (interaction_id) DO UPDATE SET case_id = excluded.case_id",
+                    (str(event.originator_id), str(case_id)),
+                )
+        elif isinstance(event, MessageAdded):
+            self._message(cursor, event)
+
+    def _case_event(self, cursor: Cursor, event: CaseEvent) -> None:
+        case_id = str(event.originator_id)
+        at = event.timestamp
+        if isinstance(event, CaseOpened):
+            opened = _CaseRow(
+                case_id=case_id,
+                version=event.originator_version,
+                customer_id=None if event.customer_id is None else str(event.customer_id),
+                channel=event.channel,
+                priority=event.priority,
+                status=event.status,
+                first_responded=False,
+                cycles=0,
+            )
+            if self._case_row(cursor, case_id) is not None:
+                return  # seen already
+            clocks = [
+                SlaClock(metric=SlaMetric.FIRST_RESPONSE, cycle=1, started_at=at),
+                SlaClock(metric=SlaMetric.RESOLUTION, cycle=1, started_at=at),
+            ]
+            self._save_case(cursor, opened, insert=True)
+            self._rewrite(cursor, opened, clocks)
+            return
+        case = self._case_row(cursor, case_id)
+        if case is None or case.version >= event.originator_version:
+            return
+        clocks = self._clocks(cursor, case_id)
+        was_pending = case.status is CaseStatus.PENDING
+        case.version = event.originator_version
+        case.status = event.status
+        if isinstance(event, CaseInteractionLinked):
+            cursor.execute(
+                "INSERT INTO sla_links (interaction_id, case_id) VALUES (?, ?) "
+                "ON CONFLICT (interaction_id) DO UPDATE SET case_id = excluded.case_id",
+                (str(event.interaction_id), case_id),
+            )
+            if case.channel is None and event.channel is not None:
+                case.channel = event.channel
+        elif isinstance(event, CaseStatusChanged):
+            now_pending = event.status is CaseStatus.PENDING
+            if now_pending and not was_pending:
+                clocks = [clock.pause(at) for clock in clocks]
+            elif was_pending and not now_pending:
+                clocks = [clock.resume(at) for clock in clocks]
+        elif isinstance(event, CaseFirstResponded):
+            case.first_responded = True
+            clocks = [
+                clock.meet(at) if clock.metric is SlaMetric.FIRST_RESPONSE else clock
+                for clock in clocks
+            ]
+        elif isinstance(event, CaseSolved):
+            clocks = [
+                clock.meet(at) if clock.metric is SlaMetric.RESOLUTION else clock.stop(at)
+                for clock in clocks
+            ]
+        elif isinstance(event, CaseReopened):
+            clocks = [
+                clock.restart(at) if clock.metric is SlaMetric.RESOLUTION else clock
+                for clock in clocks
+            ]
+        elif isinstance(event, CaseClosed):
+            clocks = [clock.stop(at) for clock in clocks]
+        self._save_case(cursor, case, insert=False)
+        self._rewrite(cursor, case, clocks)
+
+    def _message(self, cursor: Cursor, event: MessageAdded) -> None:
+        entry = event.entry
+        if not entry.public or entry.author_kind not in (AuthorKind.CUSTOMER, AuthorKind.AGENT):
+            return
+        cursor.execute(
+            "SELECT case_id FROM sla_links WHERE interaction_id = ?", (str(event.originator_id),)
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return
+        case = self._case_row(cursor, str(row[0]))
+        if case is None or not case.first_responded:
+            return  # before the first reply, the first-response clock is what runs
+        clocks = self._clocks(cursor, case.case_id)
+        waiting = [
+            clock
+            for clock in clocks
+            if clock.metric is SlaMetric.NEXT_RESPONSE and clock.state in _OPEN_STATES
+        ]
+        at = event.timestamp
+        if entry.author_kind is AuthorKind.AGENT:
+            if waiting:
+                met = [clock.meet(at) if clock in waiting else clock for clock in clocks]
+                self._rewrite(cursor, case, met)
+            return
+        if waiting or case.status in (CaseStatus.SOLVED, CaseStatus.CLOSED):
+            return
+        case.cycles += 1
+        started = SlaClock(metric=SlaMetric.NEXT_RESPONSE, cycle=case.cycles, started_at=at)
+        if case.status is CaseStatus.PENDING:
+            started = started.pause(at)
+        self._save_case(cursor, case, insert=False)
+        self._rewrite(cursor, case, [started])
+
+    # --- rows -------------------------------------------------------------------------------
+
+    def _case_row(self, cursor: Cursor, case_id: str) -> _CaseRow | None:
+        cursor.execute(
+            "SELECT case_id, version, customer_id, channel, priority, status, first_responded, "
+            "cycles FROM sla_cases WHERE case_id = ?",
+            (case_id,),
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return _CaseRow(
+            case_id=str(row[0]),
+            version=int(row[1]),
+            customer_id=None if row[2] is None else str(row[2]),
+            channel=None if row[3] is None else Channel(row[3]),
+            priority=CasePriority(row[4]),
+            status=CaseStatus(row[5]),
+            first_responded=bool(row[6]),
+            cycles=int(row[7]),
+        )
+
+    def _save_case(self, cursor: Cursor, case: _CaseRow, *, insert: bool) -> None:
+        columns = (
+            case.version,
+            case.customer_id,
+            None if case.channel is None else str(case.channel),
+            str(case.priority),
+            str(case.status),
+            int(case.first_responded),
+            case.cycles,
+        )
+        if insert:
+            cursor.execute(
+                "INSERT INTO sla_cases (version, customer_id, channel, priority, status, "
+                "first_responded, cycles, case_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*columns, case.case_id),
+            )
+        else:
+            cursor.execute(
+                "UPDATE sla_cases SET version = ?, customer_id = ?, channel = ?, priority = ?, "
+                "status = ?, first_responded = ?, cycles = ? WHERE case_id = ?",
+                (*columns, case.case_id),
+            )
+
+    def _clocks(self, cursor: Cursor, case_id: str) -> list[SlaClock]:
+        cursor.execute(
+            "SELECT clock FROM sla_clocks WHERE case_id = ? ORDER BY metric, cycle", (case_id,)
+        )
+        return [_clock_decoder.decode(bytes(row[0])) for row in cursor.fetchall()]
+
+    def _rewrite(self, cursor: Cursor, case: _CaseRow, clocks: Iterable[SlaClock]) -> int:
+        """Stores the clocks with their deadlines under the case's policy (chosen now)."""
+        policy = self.policies.policy_for(case.channel, case.priority)
+        count = 0
+        for clock in clocks:
+            due_at, at_risk_at, breach_due, at_risk_due, target = self._deadlines(policy, clock)
+            cursor.execute(
+                "INSERT INTO sla_clocks (case_id, metric, cycle, state, clock, policy, target_s, "
+                "due_at, at_risk_at, breach_due, at_risk_due) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (case_id, metric, cycle) DO UPDATE SET state = excluded.state, "
+                "clock = excluded.clock, policy = excluded.policy, target_s = excluded.target_s, "
+                "due_at = excluded.due_at, at_risk_at = excluded.at_risk_at, "
+                "breach_due = excluded.breach_due, at_risk_due = excluded.at_risk_due",
+                (
+                    case.case_id,
+                    str(clock.metric),
+                    clock.cycle,
+                    str(clock.state),
+                    _clock_encoder.encode(clock),
+                    None if policy is None or target is None else policy.name,
+                    None if target is None else target.total_seconds(),
+                    due_at,
+                    at_risk_at,
+                    breach_due,
+                    at_risk_due,
+                ),
+            )
+            count += 1
+        return count
+
+    def _deadlines(
+        self, policy: SlaPolicy | None, clock: SlaClock
+    ) -> tuple[int | None, int | None, int | None, int | None, timedelta | None]:
+        """(due, at risk, breach owed from, at-risk owed from, target), times in µs."""
+        target = None if policy is None else policy.target(clock.metric)
+        if policy is None or target is None:
+            return None, None, None, None, None
+        calendar = self.policies.calendar_of(policy)
+        due = clock.deadline(target, calendar)
+        at_risk = clock.at_risk_time(target, policy.at_risk_fraction, calendar)
+        due_us = None if due is None else _micros(due)
+        at_risk_us = None if at_risk is None else _micros(at_risk)
+        ended = clock.ended_at
+        # A breach is owed when the deadline came before the clock ended (or it runs on).
+        breach_due = due_us if due is not None and (ended is None or ended > due) else None
+        at_risk_due = at_risk_us if clock.state in _OPEN_STATES else None
+        return due_us, at_risk_us, breach_due, at_risk_due, target
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def due(self, now: datetime, *, limit: int = MAX_DUE_PER_ROUND) -> list[DueClock]:
+        """Clocks owing their breached event by `now`, then those owing an at-risk event (only
+        while the deadline is known and still ahead: after it, the breach says more)."""
+        at = _micros(now)
+        rows = self.store.query(
+            "SELECT case_id, metric, cycle, policy, target_s, clock, due_at, at_risk_at "
+            "FROM sla_clocks WHERE breach_due IS NOT NULL AND breach_due <= ? "
+            "AND breach_sent = 0 ORDER BY breach_due LIMIT ?",
+            (at, limit),
+        )
+        found = [self._due(row, SlaEventKind.BREACHED) for row in rows]
+        rows = self.store.query(
+            "SELECT case_id, metric, cycle, policy, target_s, clock, due_at, at_risk_at "
+            "FROM sla_clocks WHERE at_risk_due IS NOT NULL AND at_risk_due <= ? "
+            "AND at_risk_sent = 0 AND breach_sent = 0 AND due_at IS NOT NULL AND due_at > ? "
+            "ORDER BY at_risk_due LIMIT ?",
+            (at, at, limit),
+        )
+        found += [self._due(row, SlaEventKind.AT_RISK) for row in rows]
+        return found
+
+    @staticmethod
+    def _due(row: tuple[Any, ...], kind: SlaEventKind) -> DueClock:
+        case_id, metric, cycle, policy, target_s, raw, due_at, at_risk_at = row
+        clock = _clock_decoder.decode(bytes(raw))
+        due = _moment(due_at)
+        assert due is not None  # both queries ask for a deadline
+        return DueClock(
+            case_id=UUID(str(case_id)),
+            metric=SlaMetric(metric),
+            cycle=int(cycle),
+            kind=kind,
+            policy=str(policy),
+            target=timedelta(seconds=float(target_s)),
+            started_at=clock.started_at,
+            due_at=due,
+            at_risk_at=_moment(at_risk_at),
+        )
+
+    def clocks_of(self, case_id: UUID, *, now: datetime | None = None) -> tuple[ClockView, ...]:
+        """The SLA clocks of a case (after catching up), first response, next responses,
+        resolution; NotFound for a case this read model never saw."""
+        self.catch_up()
+        moment = now or datetime.now(UTC)
+        rows = self.store.query(
+            "SELECT metric, cycle, clock, policy, target_s, due_at, at_risk_at, breach_sent, "
+            "at_risk_sent FROM sla_clocks WHERE case_id = ?",
+            (str(case_id),),
+        )
+        if not rows and not self.store.query(
+            "SELECT 1 FROM sla_cases WHERE case_id = ?", (str(case_id),)
+        ):
+            raise NotFound("case", case_id)
+        order = list(SlaMetric)
+        views: list[ClockView] = []
+        for (
+            metric,
+            cycle,
+            raw,
+            policy,
+            target_s,
+            due_at,
+            at_risk_at,
+            breach_sent,
+            risk_sent,
+        ) in rows:
+            clock = _clock_decoder.decode(bytes(raw))
+            due = _moment(due_at)
+            end = clock.ended_at or moment
+            views.append(
+                ClockView(
+                    case_id=case_id,
+                    metric=SlaMetric(metric),
+                    cycle=int(cycle),
+                    state=clock.state,
+                    policy=None if policy is None else str(policy),
+                    target=None if target_s is None else timedelta(seconds=float(target_s)),
+                    started_at=clock.started_at,
+                    due_at=due,
+                    at_risk_at=_moment(at_risk_at),
+                    ended_at=clock.ended_at,
+                    breached=bool(breach_sent) or (due is not None and end > due),
+                    at_risk_recorded=bool(risk_sent),
+                    breach_recorded=bool(breach_sent),
+                )
+            )
+        views.sort(key=lambda view: (order.index(view.metric), view.cycle))
+        return tuple(views)
+
+
+def _locked_position(cursor: Cursor, dialect: str, projection: str) -> int:
+    cursor.execute(
+        "INSERT INTO projection_positions (projection, position) VALUES (?, 0) "
+        "ON CONFLICT (projection) DO NOTHING",
+        (projection,),
+    )
+    lock = " FOR UPDATE" if dialect == "postgres" else ""
+    cursor.execute(
+        f"SELECT position FROM projection_positions WHERE projection = ?{lock}", (projection,)
+    )
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+class SlaScheduler:
+    """Raises the SLA events that are due (module docstring)."""
+
+    def __init__(
+        self,
+        app: InteractionApplication,
+        clocks: SlaClocks,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.app = app
+        self.clocks = clocks
+        self.now = now
+
+    def run_once(self, now: datetime | None = None) -> list[SlaEvent]:
+        """Catches up, records every event due at `now` (default: the scheduler's clock) and
+        projects them; returns the events it stored (none twice, whoever else runs)."""
+        moment = now or self.now()
+        self.clocks.catch_up()
+        recorded: list[SlaEvent] = []
+        for due in self.clocks.due(moment):
+            try:
+                event = self.app.record_sla_event(
+                    due.case_id,
+                    kind=due.kind,
+                    metric=due.metric,
+                    cycle=due.cycle,
+                    policy=due.policy,
+                    target=due.target,
+                    started_at=due.started_at,
+                    due_at=due.due_at,
+                    at_risk_at=due.at_risk_at,
+                    at=moment,
+                )
+            except NotFound:
+                log.warning("SLA clock of unknown case %s skipped", due.case_id)
+                continue
+            if event is not None:
+                recorded.append(event)
+        if recorded:
+            self.clocks.catch_up()
+        return recorded

@@ -1,0 +1,145 @@
+"""The interaction application, its lists and its SLA clocks on every storage engine
+(memory, SQLite, PostgreSQL): group commit under concurrent commands, read models that survive
+a restart, routing progress that is durable."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+import msgspec
+import pytest
+
+from crmcore.adapters.schemas import example_event
+from crmcore.application.interaction_views import InteractionViews
+from crmcore.application.interactions import InteractionApplication
+from crmcore.application.sla_scheduler import SlaClocks, SlaScheduler
+from crmcore.config import PersistenceSettings
+from crmcore.domain.interaction import InteractionStatus
+from crmcore.domain.sla import SlaPolicies, business_calendar, sla_policy
+from crmcore.domain.task import RoutingOffered
+
+ALICE = UUID("00000000-0000-4000-8000-00000000a11c")
+TARO = UUID("00000000-0000-4000-8000-0000000074a0")
+MONDAY_9 = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
+POLICIES = SlaPolicies(
+    calendar=business_calendar(hours="mon-fri 09:00-18:00"),
+    policies=(sla_policy(name="standard", first_response="2h", resolution="8h"),),
+)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def durable_persistence(request: pytest.FixtureRequest, tmp_path: Path) -> PersistenceSettings:
+    """Storage that outlives the application using it."""
+    if request.param == "sqlite":
+        return PersistenceSettings.sqlite(tmp_path / "data")
+    settings: PersistenceSettings = request.getfixturevalue("postgres_persistence")
+    return settings
+
+
+def at(minutes: float) -> datetime:
+    return MONDAY_9 + timedelta(minutes=minutes)
+
+
+class TestGroupCommit:
+    def test_concurrent_contacts_are_all_stored_whole(
+        self, persistence: PersistenceSettings
+    ) -> None:
+        app = InteractionApplication(persistence, group_commit=True)
+        done: list[UUID] = []
+        failures: list[BaseException] = []
+        lock = threading.Lock()
+
+        def handle_contacts(agent: UUID) -> None:
+            try:
+                for _ in range(10):
+                    call = app.open_interaction(channel="phone", customer_id=TARO)
+                    app.queue(call.id, queue="billing")
+                    app.answer(call.id, agent)
+                    app.add_message(call.id, author_kind="agent", author_id=agent, text="Hello")
+                    app.resolve(call.id, resolution="Done")
+                    with lock:
+                        done.append(call.id)
+            except BaseException as error:
+                failures.append(error)
+
+        agents = [UUID(int=number + 1) for number in range(16)]
+        threads = [threading.Thread(target=handle_contacts, args=(agent,)) for agent in agents]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        try:
+            assert failures == []
+            assert len(done) == 160
+            for interaction_id in done:
+                state = app.get_interaction(interaction_id)
+                assert (state.status, state.version, len(state.transcript)) == (
+                    InteractionStatus.RESOLVED,
+                    5,
+                    1,
+                )
+            assert app.recorder.max_notification_id() == 160 * 5
+        finally:
+            app.stop_writer()
+            app.close()
+
+
+class TestReadModels:
+    def test_lists_and_clocks_on_each_engine(self, persistence: PersistenceSettings) -> None:
+        app = InteractionApplication(persistence)
+        views = InteractionViews(app)
+        clocks = SlaClocks(app, POLICIES)
+        try:
+            mail = app.open_interaction(channel="email", customer_id=TARO, at=at(0))
+            case = app.open_case(subject="Refund", interaction_ids=[mail.id], at=at(0))
+            assert [each.id for each in views.list_interactions(case_id=case.id).interactions] == [
+                mail.id
+            ]
+            assert [each.id for each in views.list_cases(customer_id=TARO).cases] == [case.id]
+            events = SlaScheduler(app, clocks).run_once(at(121))
+            assert [(type(e).__name__, e.metric) for e in events] == [
+                ("SlaBreached", "first_response")
+            ]
+            assert clocks.clocks_of(case.id, now=at(121))[0].breach_recorded
+        finally:
+            clocks.close_clocks()
+            views.close_views()
+            app.close()
+
+    def test_positions_and_routing_progress_survive_a_restart(
+        self, durable_persistence: PersistenceSettings
+    ) -> None:
+        persistence = durable_persistence
+        app = InteractionApplication(persistence)
+        views = InteractionViews(app)
+        call = app.open_interaction(channel="phone", customer_id=TARO, at=at(0))
+        app.queue(call.id, queue="billing", at=at(1))
+        offer = msgspec.structs.replace(
+            example_event(RoutingOffered, originator_id=call.id, version=2),
+            agent_id=ALICE,
+            timestamp=at(2),
+        )
+        assert views.routing_progress.apply(app, offer) is not None
+        assert views.catch_up() > 0
+        views.close_views()
+        app.close()
+
+        app = InteractionApplication(persistence)
+        views = InteractionViews(app)
+        try:
+            assert views.catch_up() == 0
+            app.decline_offer(call.id, ALICE, "timeout", at=at(3))
+            # The old offer, redelivered after the restart, must not offer it again.
+            assert views.routing_progress.apply(app, offer) is None
+            assert app.get_interaction(call.id).status is InteractionStatus.QUEUED
+        finally:
+            views.close_views()
+            app.close()
