@@ -38,7 +38,8 @@ def main() -> None:
 
         # The call comes in: the CTI looks the caller up by the number it sees (screen pop).
         caller = crm.customers.lookup("phone", "+81 90-1234-5678")
-        assert caller is not None and caller.id == taro.id
+        if caller is None or caller.id != taro.id:
+            raise SystemExit("screen pop failed: the caller was not recognised")
         call = crm.interactions.open_interaction(
             channel="phone", customer_id=caller.id, contact_reason="billing", at=at(1)
         )

@@ -39,10 +39,14 @@ class TestReadModelStore:
         store.create(COUNTERS)
         bump(store, "calls", 1)
 
-        with pytest.raises(RuntimeError, match="crash mid-batch"), store.transaction() as cursor:
-            cursor.execute("UPDATE counters SET total = total + 100 WHERE name = ?", ("calls",))
-            store.save_position(cursor, "counting", 99)
-            raise RuntimeError("crash mid-batch")
+        def crash_mid_batch() -> None:
+            with store.transaction() as cursor:
+                cursor.execute("UPDATE counters SET total = total + 100 WHERE name = ?", ("calls",))
+                store.save_position(cursor, "counting", 99)
+                raise RuntimeError("crash mid-batch")
+
+        with pytest.raises(RuntimeError, match="crash mid-batch"):
+            crash_mid_batch()
 
         assert store.query("SELECT total FROM counters") == [(1,)]
         assert store.position("counting") == 1
