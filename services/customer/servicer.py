@@ -9,19 +9,23 @@ pass through: the interceptor of crmcore.adapters.grpc maps them to status codes
 
 from __future__ import annotations
 
-import contextlib
 import enum
-from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar, cast
-from uuid import UUID
 
 import grpc
 import phonenumbers
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.v1 import common_pb2, customer_pb2, customer_pb2_grpc
 from crmcore.adapters.grpc.calls import BlockingCalls
+from crmcore.adapters.grpc.convert import (
+    enum_member,
+    enum_numbers,
+    numbers_of,
+    parse_uuid,
+    renamed_fields,
+    required_member,
+    timestamp_message,
+)
 from crmcore.application.customer_views import CustomerViews
 from crmcore.application.customers import CustomerApplication
 from crmcore.application.timeline import TimelineEntry, TimelineKind
@@ -45,17 +49,12 @@ if TYPE_CHECKING:  # the stubs make it generic; at run time it is not subscripta
 UPDATABLE_FIELDS = ("name", "company", "language", "time_zone", "segment", "tags", "attributes")
 
 
-def _enum_numbers(domain: type[E], proto_value: Callable[[str], int], prefix: str) -> dict[int, E]:
-    """proto number → domain member, by name (`LIFECYCLE_ACTIVE` ↔ `Lifecycle.ACTIVE`)."""
-    return {proto_value(f"{prefix}{member.name}"): member for member in domain}
-
-
-_LIFECYCLES = _enum_numbers(Lifecycle, customer_pb2.Lifecycle.Value, "LIFECYCLE_")
-_STATUSES = _enum_numbers(
+_LIFECYCLES = enum_numbers(Lifecycle, customer_pb2.Lifecycle.Value, "LIFECYCLE_")
+_STATUSES = enum_numbers(
     SubscriptionStatus, customer_pb2.SubscriptionStatus.Value, "SUBSCRIPTION_STATUS_"
 )
-_KINDS = _enum_numbers(ContactPointKind, customer_pb2.ContactPointKind.Value, "CONTACT_POINT_KIND_")
-_CHANNELS = _enum_numbers(Channel, common_pb2.Channel.Value, "CHANNEL_")
+_KINDS = enum_numbers(ContactPointKind, customer_pb2.ContactPointKind.Value, "CONTACT_POINT_KIND_")
+_CHANNELS = enum_numbers(Channel, common_pb2.Channel.Value, "CHANNEL_")
 _TIMELINE_KINDS = {
     TimelineKind.INTERACTION: customer_pb2.TIMELINE_ENTRY_KIND_INTERACTION,
     TimelineKind.CASE: customer_pb2.TIMELINE_ENTRY_KIND_CASE,
@@ -64,53 +63,19 @@ _TIMELINE_KINDS = {
 }
 
 
-def _numbers_of(mapping: Mapping[int, E]) -> dict[E, int]:
-    return {member: number for number, member in mapping.items()}
-
-
 _LIFECYCLE_NUMBERS = cast(
-    dict[Lifecycle, customer_pb2.Lifecycle.ValueType], _numbers_of(_LIFECYCLES)
+    dict[Lifecycle, customer_pb2.Lifecycle.ValueType], numbers_of(_LIFECYCLES)
 )
 _STATUS_NUMBERS = cast(
-    dict[SubscriptionStatus, customer_pb2.SubscriptionStatus.ValueType], _numbers_of(_STATUSES)
+    dict[SubscriptionStatus, customer_pb2.SubscriptionStatus.ValueType], numbers_of(_STATUSES)
 )
 _KIND_NUMBERS = cast(
-    dict[ContactPointKind, customer_pb2.ContactPointKind.ValueType], _numbers_of(_KINDS)
+    dict[ContactPointKind, customer_pb2.ContactPointKind.ValueType], numbers_of(_KINDS)
 )
-_CHANNEL_NUMBERS = cast(dict[Channel, common_pb2.Channel.ValueType], _numbers_of(_CHANNELS))
+_CHANNEL_NUMBERS = cast(dict[Channel, common_pb2.Channel.ValueType], numbers_of(_CHANNELS))
 
 
 # --- protobuf → domain ----------------------------------------------------------------------
-
-
-def _uuid(text: str, field: str) -> UUID:
-    """A customer id: a UUID in its canonical form (any case)."""
-    if not text:
-        raise InvalidValue(field, "must be set")
-    try:
-        parsed = UUID(text)
-    except ValueError:
-        parsed = None
-    if parsed is None or str(parsed) != text.lower():
-        raise InvalidValue(field, "not an id (a UUID like 123e4567-e89b-42d3-a456-426614174000)")
-    return parsed
-
-
-def _member(number: int, members: Mapping[int, E], field: str, *, required: bool) -> E | None:
-    """The domain member of a proto enum number; 0 (unspecified) → None unless required."""
-    if number == 0 and not required:
-        return None
-    member = members.get(number)
-    if member is None:
-        reason = "must be set" if number == 0 else f"unknown value {number}"
-        raise InvalidValue(field, reason)
-    return member
-
-
-def _required(number: int, members: Mapping[int, E], field: str) -> E:
-    member = _member(number, members, field, required=True)
-    assert member is not None
-    return member
 
 
 def _region(text: str, field: str = "default_region") -> str | None:
@@ -131,28 +96,11 @@ def _etag(text: str) -> int | None:
     return int(text)
 
 
-@contextlib.contextmanager
-def _fields(rename: Callable[[str], str]) -> Iterator[None]:
-    """Renames the field of an InvalidValue raised inside to the request's own field name."""
-    try:
-        yield
-    except InvalidValue as error:
-        raise InvalidValue(rename(error.field), error.reason) from None
-
-
 def _under_customer(field: str) -> str:
     return field if field == "request_id" else f"customer.{field}"
 
 
 # --- domain → protobuf ----------------------------------------------------------------------
-
-
-def _timestamp(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def _contact_point_message(point: ContactPoint) -> customer_pb2.ContactPoint:
@@ -163,7 +111,7 @@ def _consent_message(consent: Consent) -> customer_pb2.Consent:
     return customer_pb2.Consent(
         purpose=consent.purpose,
         granted=consent.granted,
-        change_time=_timestamp(consent.changed_at),
+        change_time=timestamp_message(consent.changed_at),
         source=consent.source,
     )
 
@@ -183,14 +131,14 @@ def customer_message(customer: Customer) -> customer_pb2.Customer:
         subscription=customer_pb2.Subscription(
             status=_STATUS_NUMBERS[subscription.status],
             plan=subscription.plan,
-            since_time=_timestamp(subscription.since),
+            since_time=timestamp_message(subscription.since),
         ),
         contact_points=[_contact_point_message(point) for point in customer.contact_points],
         consents=[_consent_message(consent) for consent in customer.consents],
         merged_into_id="" if customer.merged_into is None else str(customer.merged_into),
         erased=customer.erased,
-        create_time=_timestamp(customer.created_on),
-        update_time=_timestamp(customer.modified_on),
+        create_time=timestamp_message(customer.created_on),
+        update_time=timestamp_message(customer.modified_on),
         etag=str(customer.version),
     )
 
@@ -207,8 +155,8 @@ def timeline_entry_message(entry: TimelineEntry) -> customer_pb2.TimelineEntry:
             if entry.channel is None
             else _CHANNEL_NUMBERS[entry.channel]
         ),
-        occur_time=_timestamp(entry.occurred_at),
-        update_time=_timestamp(entry.updated_at),
+        occur_time=timestamp_message(entry.occurred_at),
+        update_time=timestamp_message(entry.updated_at),
     )
 
 
@@ -227,16 +175,16 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
         self, request: customer_pb2.CreateCustomerRequest, context: Context
     ) -> customer_pb2.Customer:
         given = request.customer
-        lifecycle = _member(given.lifecycle, _LIFECYCLES, "customer.lifecycle", required=False)
+        lifecycle = enum_member(given.lifecycle, _LIFECYCLES, "customer.lifecycle", required=False)
         points = [
             (
-                _required(point.kind, _KINDS, f"customer.contact_points[{index}].kind").value,
+                required_member(point.kind, _KINDS, f"customer.contact_points[{index}].kind").value,
                 point.value,
             )
             for index, point in enumerate(given.contact_points)
         ]
         region = _region(request.default_region)
-        with _fields(_under_customer):
+        with renamed_fields(_under_customer):
             customer = await self.calls(
                 self.app.register,
                 name=given.name,
@@ -256,17 +204,17 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
     async def GetCustomer(
         self, request: customer_pb2.GetCustomerRequest, context: Context
     ) -> customer_pb2.Customer:
-        customer_id = _uuid(request.id, "id")
+        customer_id = parse_uuid(request.id, "id")
         return customer_message(await self.calls(self.app.resolve, customer_id))
 
     async def UpdateCustomer(
         self, request: customer_pb2.UpdateCustomerRequest, context: Context
     ) -> customer_pb2.Customer:
         given = request.customer
-        customer_id = _uuid(given.id, "customer.id")
+        customer_id = parse_uuid(given.id, "customer.id")
         paths = self._update_paths(request)
         expected_version = _etag(request.etag)
-        with _fields(lambda field: f"customer.{field}"):
+        with renamed_fields(lambda field: f"customer.{field}"):
             customer = await self.calls(
                 self.app.update_profile,
                 customer_id,
@@ -315,7 +263,7 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
     async def ListCustomers(
         self, request: customer_pb2.ListCustomersRequest, context: Context
     ) -> customer_pb2.ListCustomersResponse:
-        lifecycle = _member(request.lifecycle, _LIFECYCLES, "lifecycle", required=False)
+        lifecycle = enum_member(request.lifecycle, _LIFECYCLES, "lifecycle", required=False)
         page = await self.calls(
             self.views.list_customers,
             lifecycle=lifecycle.value if lifecycle is not None else "",
@@ -332,8 +280,8 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
     async def AddContactPoint(
         self, request: customer_pb2.AddContactPointRequest, context: Context
     ) -> customer_pb2.Customer:
-        customer_id = _uuid(request.customer_id, "customer_id")
-        kind = _required(request.contact_point.kind, _KINDS, "contact_point.kind")
+        customer_id = parse_uuid(request.customer_id, "customer_id")
+        kind = required_member(request.contact_point.kind, _KINDS, "contact_point.kind")
         region = _region(request.default_region)
         customer = await self.calls(
             self.app.add_contact_point,
@@ -347,8 +295,8 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
     async def RemoveContactPoint(
         self, request: customer_pb2.RemoveContactPointRequest, context: Context
     ) -> customer_pb2.Customer:
-        customer_id = _uuid(request.customer_id, "customer_id")
-        kind = _required(request.contact_point.kind, _KINDS, "contact_point.kind")
+        customer_id = parse_uuid(request.customer_id, "customer_id")
+        kind = required_member(request.contact_point.kind, _KINDS, "contact_point.kind")
         region = _region(request.default_region)
         customer = await self.calls(
             self.app.remove_contact_point,
@@ -370,7 +318,7 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
             key, ContactPointKind.HANDLE
         )
         region = _region(request.default_region)
-        with _fields(lambda field: key):
+        with renamed_fields(lambda field: key):
             customer = await self.calls(self.app.lookup, kind.value, raw, default_region=region)
         if customer is None:
             # The message does not repeat the value: it is personal data, and logs keep it.
@@ -380,14 +328,14 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
     async def MergeCustomers(
         self, request: customer_pb2.MergeCustomersRequest, context: Context
     ) -> customer_pb2.Customer:
-        duplicate_id = _uuid(request.duplicate_id, "duplicate_id")
-        survivor_id = _uuid(request.survivor_id, "survivor_id")
+        duplicate_id = parse_uuid(request.duplicate_id, "duplicate_id")
+        survivor_id = parse_uuid(request.survivor_id, "survivor_id")
         return customer_message(await self.calls(self.app.merge, duplicate_id, survivor_id))
 
     async def SetConsent(
         self, request: customer_pb2.SetConsentRequest, context: Context
     ) -> customer_pb2.Customer:
-        customer_id = _uuid(request.customer_id, "customer_id")
+        customer_id = parse_uuid(request.customer_id, "customer_id")
         customer = await self.calls(
             self.app.record_consent,
             customer_id,
@@ -400,8 +348,8 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
     async def ChangeLifecycle(
         self, request: customer_pb2.ChangeLifecycleRequest, context: Context
     ) -> customer_pb2.Customer:
-        customer_id = _uuid(request.customer_id, "customer_id")
-        lifecycle = _required(request.lifecycle, _LIFECYCLES, "lifecycle")
+        customer_id = parse_uuid(request.customer_id, "customer_id")
+        lifecycle = required_member(request.lifecycle, _LIFECYCLES, "lifecycle")
         customer = await self.calls(
             self.app.change_lifecycle, customer_id, lifecycle.value, request.reason
         )
@@ -410,9 +358,9 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
     async def ChangeSubscription(
         self, request: customer_pb2.ChangeSubscriptionRequest, context: Context
     ) -> customer_pb2.Customer:
-        customer_id = _uuid(request.customer_id, "customer_id")
-        status = _required(request.status, _STATUSES, "status")
-        with _fields(lambda field: field.removeprefix("subscription.")):
+        customer_id = parse_uuid(request.customer_id, "customer_id")
+        status = required_member(request.status, _STATUSES, "status")
+        with renamed_fields(lambda field: field.removeprefix("subscription.")):
             customer = await self.calls(
                 self.app.change_subscription, customer_id, status.value, request.plan
             )
@@ -421,16 +369,16 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
     async def EraseCustomer(
         self, request: customer_pb2.EraseCustomerRequest, context: Context
     ) -> customer_pb2.EraseCustomerResponse:
-        customer_id = _uuid(request.customer_id, "customer_id")
+        customer_id = parse_uuid(request.customer_id, "customer_id")
         customer = await self.calls(self.app.erase, customer_id)
         return customer_pb2.EraseCustomerResponse(
-            customer_id=str(customer.id), erase_time=_timestamp(customer.modified_on)
+            customer_id=str(customer.id), erase_time=timestamp_message(customer.modified_on)
         )
 
     async def GetCustomerView(
         self, request: customer_pb2.GetCustomerViewRequest, context: Context
     ) -> customer_pb2.CustomerView:
-        customer_id = _uuid(request.customer_id, "customer_id")
+        customer_id = parse_uuid(request.customer_id, "customer_id")
         view = await self.calls(
             self.views.customer_view,
             customer_id,

@@ -19,18 +19,27 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar, cast
 from uuid import UUID
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.v1 import common_pb2, interaction_pb2, interaction_pb2_grpc
 from crmcore.adapters.envelope import event_type
 from crmcore.adapters.grpc.calls import BlockingCalls
+from crmcore.adapters.grpc.convert import (
+    enum_member,
+    enum_numbers,
+    numbers_of,
+    parse_optional_uuid,
+    parse_uuid,
+    renamed_fields,
+    required_member,
+    timestamp_message,
+)
 from crmcore.application.interaction_views import InteractionViews
 from crmcore.application.interactions import InteractionApplication, survey_feedback_id
 from crmcore.application.sla_scheduler import ClockView, SlaClocks
@@ -71,93 +80,43 @@ if TYPE_CHECKING:  # the stubs make it generic; at run time it is not subscripta
 pb = interaction_pb2
 
 
-def _enum_numbers(domain: type[E], proto_value: Callable[[str], int], prefix: str) -> dict[int, E]:
-    """proto number → domain member, by name (`CASE_STATUS_OPEN` ↔ `CaseStatus.OPEN`)."""
-    return {proto_value(f"{prefix}{member.name}"): member for member in domain}
-
-
-_CHANNELS = _enum_numbers(Channel, common_pb2.Channel.Value, "CHANNEL_")
-_DIRECTIONS = _enum_numbers(Direction, common_pb2.Direction.Value, "DIRECTION_")
-_STATUSES = _enum_numbers(InteractionStatus, pb.InteractionStatus.Value, "INTERACTION_STATUS_")
-_AUTHORS = _enum_numbers(AuthorKind, pb.AuthorKind.Value, "AUTHOR_KIND_")
-_DECLINES = _enum_numbers(DeclineReason, pb.DeclineReason.Value, "DECLINE_REASON_")
-_CASE_STATUSES = _enum_numbers(CaseStatus, pb.CaseStatus.Value, "CASE_STATUS_")
-_PRIORITIES = _enum_numbers(CasePriority, pb.CasePriority.Value, "CASE_PRIORITY_")
-_SURVEY_KINDS = _enum_numbers(SurveyKind, pb.SurveyKind.Value, "SURVEY_KIND_")
-_SOURCES = _enum_numbers(FeedbackSource, pb.FeedbackSource.Value, "FEEDBACK_SOURCE_")
-_CATEGORIES = _enum_numbers(FeedbackCategory, pb.FeedbackCategory.Value, "FEEDBACK_CATEGORY_")
-_SENTIMENTS = _enum_numbers(Sentiment, pb.Sentiment.Value, "SENTIMENT_")
-_SETTERS = _enum_numbers(Setter, pb.Setter.Value, "SETTER_")
-_METRICS = _enum_numbers(SlaMetric, pb.SlaMetric.Value, "SLA_METRIC_")
-_CLOCK_STATES = _enum_numbers(ClockState, pb.SlaClockState.Value, "SLA_CLOCK_STATE_")
+_CHANNELS = enum_numbers(Channel, common_pb2.Channel.Value, "CHANNEL_")
+_DIRECTIONS = enum_numbers(Direction, common_pb2.Direction.Value, "DIRECTION_")
+_STATUSES = enum_numbers(InteractionStatus, pb.InteractionStatus.Value, "INTERACTION_STATUS_")
+_AUTHORS = enum_numbers(AuthorKind, pb.AuthorKind.Value, "AUTHOR_KIND_")
+_DECLINES = enum_numbers(DeclineReason, pb.DeclineReason.Value, "DECLINE_REASON_")
+_CASE_STATUSES = enum_numbers(CaseStatus, pb.CaseStatus.Value, "CASE_STATUS_")
+_PRIORITIES = enum_numbers(CasePriority, pb.CasePriority.Value, "CASE_PRIORITY_")
+_SURVEY_KINDS = enum_numbers(SurveyKind, pb.SurveyKind.Value, "SURVEY_KIND_")
+_SOURCES = enum_numbers(FeedbackSource, pb.FeedbackSource.Value, "FEEDBACK_SOURCE_")
+_CATEGORIES = enum_numbers(FeedbackCategory, pb.FeedbackCategory.Value, "FEEDBACK_CATEGORY_")
+_SENTIMENTS = enum_numbers(Sentiment, pb.Sentiment.Value, "SENTIMENT_")
+_SETTERS = enum_numbers(Setter, pb.Setter.Value, "SETTER_")
+_METRICS = enum_numbers(SlaMetric, pb.SlaMetric.Value, "SLA_METRIC_")
+_CLOCK_STATES = enum_numbers(ClockState, pb.SlaClockState.Value, "SLA_CLOCK_STATE_")
 _VIEWS = {pb.INTERACTION_VIEW_BASIC: False, pb.INTERACTION_VIEW_FULL: True}
 
 
-def _numbers_of(mapping: Mapping[int, E]) -> dict[E, int]:
-    return {member: number for number, member in mapping.items()}
-
-
-_CHANNEL_NUMBERS = cast(dict[Channel, common_pb2.Channel.ValueType], _numbers_of(_CHANNELS))
-_DIRECTION_NUMBERS = cast(dict[Direction, common_pb2.Direction.ValueType], _numbers_of(_DIRECTIONS))
+_CHANNEL_NUMBERS = cast(dict[Channel, common_pb2.Channel.ValueType], numbers_of(_CHANNELS))
+_DIRECTION_NUMBERS = cast(dict[Direction, common_pb2.Direction.ValueType], numbers_of(_DIRECTIONS))
 _STATUS_NUMBERS = cast(
-    dict[InteractionStatus, pb.InteractionStatus.ValueType], _numbers_of(_STATUSES)
+    dict[InteractionStatus, pb.InteractionStatus.ValueType], numbers_of(_STATUSES)
 )
-_AUTHOR_NUMBERS = cast(dict[AuthorKind, pb.AuthorKind.ValueType], _numbers_of(_AUTHORS))
-_CASE_STATUS_NUMBERS = cast(dict[CaseStatus, pb.CaseStatus.ValueType], _numbers_of(_CASE_STATUSES))
-_PRIORITY_NUMBERS = cast(dict[CasePriority, pb.CasePriority.ValueType], _numbers_of(_PRIORITIES))
-_SURVEY_NUMBERS = cast(dict[SurveyKind, pb.SurveyKind.ValueType], _numbers_of(_SURVEY_KINDS))
-_SOURCE_NUMBERS = cast(dict[FeedbackSource, pb.FeedbackSource.ValueType], _numbers_of(_SOURCES))
+_AUTHOR_NUMBERS = cast(dict[AuthorKind, pb.AuthorKind.ValueType], numbers_of(_AUTHORS))
+_CASE_STATUS_NUMBERS = cast(dict[CaseStatus, pb.CaseStatus.ValueType], numbers_of(_CASE_STATUSES))
+_PRIORITY_NUMBERS = cast(dict[CasePriority, pb.CasePriority.ValueType], numbers_of(_PRIORITIES))
+_SURVEY_NUMBERS = cast(dict[SurveyKind, pb.SurveyKind.ValueType], numbers_of(_SURVEY_KINDS))
+_SOURCE_NUMBERS = cast(dict[FeedbackSource, pb.FeedbackSource.ValueType], numbers_of(_SOURCES))
 _CATEGORY_NUMBERS = cast(
-    dict[FeedbackCategory, pb.FeedbackCategory.ValueType], _numbers_of(_CATEGORIES)
+    dict[FeedbackCategory, pb.FeedbackCategory.ValueType], numbers_of(_CATEGORIES)
 )
-_SENTIMENT_NUMBERS = cast(dict[Sentiment, pb.Sentiment.ValueType], _numbers_of(_SENTIMENTS))
-_SETTER_NUMBERS = cast(dict[Setter, pb.Setter.ValueType], _numbers_of(_SETTERS))
-_METRIC_NUMBERS = cast(dict[SlaMetric, pb.SlaMetric.ValueType], _numbers_of(_METRICS))
-_CLOCK_STATE_NUMBERS = cast(
-    dict[ClockState, pb.SlaClockState.ValueType], _numbers_of(_CLOCK_STATES)
-)
+_SENTIMENT_NUMBERS = cast(dict[Sentiment, pb.Sentiment.ValueType], numbers_of(_SENTIMENTS))
+_SETTER_NUMBERS = cast(dict[Setter, pb.Setter.ValueType], numbers_of(_SETTERS))
+_METRIC_NUMBERS = cast(dict[SlaMetric, pb.SlaMetric.ValueType], numbers_of(_METRICS))
+_CLOCK_STATE_NUMBERS = cast(dict[ClockState, pb.SlaClockState.ValueType], numbers_of(_CLOCK_STATES))
 
 
 # --- protobuf → domain ----------------------------------------------------------------------
-
-
-def _uuid(text: str, field: str) -> UUID:
-    """A required id: a UUID in its canonical form (any case)."""
-    if not text:
-        raise InvalidValue(field, "must be set")
-    parsed = _optional_uuid(text, field)
-    assert parsed is not None
-    return parsed
-
-
-def _optional_uuid(text: str, field: str) -> UUID | None:
-    """An id that may be left empty."""
-    if not text:
-        return None
-    try:
-        parsed = UUID(text)
-    except ValueError:
-        parsed = None
-    if parsed is None or str(parsed) != text.lower():
-        raise InvalidValue(field, "not an id (a UUID like 123e4567-e89b-42d3-a456-426614174000)")
-    return parsed
-
-
-def _member(number: int, members: Mapping[int, E], field: str, *, required: bool) -> E | None:
-    """The domain member of a proto enum number; 0 (unspecified) → None unless required."""
-    if number == 0 and not required:
-        return None
-    member = members.get(number)
-    if member is None:
-        reason = "must be set" if number == 0 else f"unknown value {number}"
-        raise InvalidValue(field, reason)
-    return member
-
-
-def _required(number: int, members: Mapping[int, E], field: str) -> E:
-    member = _member(number, members, field, required=True)
-    assert member is not None
-    return member
 
 
 def _optional_text(text: str) -> str | None:
@@ -175,8 +134,10 @@ def _requirements(
         ),
         language=given.language or None,
         priority=given.priority,
-        preferred_agent_id=_optional_uuid(given.preferred_agent_id, f"{field}.preferred_agent_id"),
-        last_agent_id=_optional_uuid(given.last_agent_id, f"{field}.last_agent_id"),
+        preferred_agent_id=parse_optional_uuid(
+            given.preferred_agent_id, f"{field}.preferred_agent_id"
+        ),
+        last_agent_id=parse_optional_uuid(given.last_agent_id, f"{field}.last_agent_id"),
     )
 
 
@@ -187,28 +148,7 @@ def _duration(given: Duration, field: str) -> timedelta:
         raise InvalidValue(field, "out of range") from None
 
 
-@contextlib.contextmanager
-def _fields(rename: Mapping[str, str]) -> Iterator[None]:
-    """Renames the field of an InvalidValue raised inside to the request's own field name."""
-    try:
-        yield
-    except InvalidValue as error:
-        raise InvalidValue(rename.get(error.field, error.field), error.reason) from None
-
-
 # --- domain → protobuf ----------------------------------------------------------------------
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _timestamp(moment: datetime | None) -> Timestamp | None:
-    # By hand: Timestamp.FromDatetime is several times slower, and a response has many.
-    if moment is None:
-        return None
-    seconds, micros = divmod((moment - _EPOCH) // _MICROSECOND, 1_000_000)
-    return Timestamp(seconds=seconds, nanos=micros * 1_000)
 
 
 def _id(value: UUID | None) -> str:
@@ -237,7 +177,7 @@ def _entry_message(entry: TranscriptEntry) -> interaction_pb2.TranscriptEntry:
         author_id=_id(entry.author_id),
         text=entry.text,
         public=entry.public,
-        create_time=_timestamp(entry.at),
+        create_time=timestamp_message(entry.at),
     )
 
 
@@ -247,7 +187,7 @@ def _escalation_message(escalation: Escalation) -> interaction_pb2.Escalation:
         department=escalation.department or "",
         reason=escalation.reason,
         agent_id=_id(escalation.agent_id),
-        escalate_time=_timestamp(escalation.at),
+        escalate_time=timestamp_message(escalation.at),
     )
 
 
@@ -276,21 +216,21 @@ def interaction_message(
         reopen_count=state.reopen_count,
         escalations=[_escalation_message(each) for each in state.escalations],
         transcript=[_entry_message(entry) for entry in state.transcript] if transcript else [],
-        create_time=_timestamp(state.created_on),
-        update_time=_timestamp(state.modified_on),
-        queue_time=_timestamp(state.queued_at),
-        wait_start_time=_timestamp(state.waiting_since),
-        offer_time=_timestamp(state.offered_at),
-        answer_time=_timestamp(state.answered_at),
-        first_response_time=_timestamp(state.first_agent_response_at),
-        hold_start_time=_timestamp(state.hold_started_at),
-        wrap_up_start_time=_timestamp(state.wrap_up_started_at),
-        resolve_time=_timestamp(state.resolved_at),
-        first_resolve_time=_timestamp(state.first_resolved_at),
-        close_time=_timestamp(state.closed_at),
-        abandon_time=_timestamp(state.abandoned_at),
-        contain_time=_timestamp(state.contained_at),
-        hand_off_time=_timestamp(state.handed_off_at),
+        create_time=timestamp_message(state.created_on),
+        update_time=timestamp_message(state.modified_on),
+        queue_time=timestamp_message(state.queued_at),
+        wait_start_time=timestamp_message(state.waiting_since),
+        offer_time=timestamp_message(state.offered_at),
+        answer_time=timestamp_message(state.answered_at),
+        first_response_time=timestamp_message(state.first_agent_response_at),
+        hold_start_time=timestamp_message(state.hold_started_at),
+        wrap_up_start_time=timestamp_message(state.wrap_up_started_at),
+        resolve_time=timestamp_message(state.resolved_at),
+        first_resolve_time=timestamp_message(state.first_resolved_at),
+        close_time=timestamp_message(state.closed_at),
+        abandon_time=timestamp_message(state.abandoned_at),
+        contain_time=timestamp_message(state.contained_at),
+        hand_off_time=timestamp_message(state.handed_off_at),
         etag=str(state.version),
     )
 
@@ -309,16 +249,16 @@ def case_message(case: Case) -> interaction_pb2.Case:
         interaction_ids=[str(each) for each in case.interaction_ids],
         repeat_contact_count=case.repeat_contact_count,
         reopen_window=window,
-        first_response_time=_timestamp(case.first_response_at),
+        first_response_time=timestamp_message(case.first_response_at),
         first_response_agent_id=_id(case.first_response_agent_id),
         resolution=case.resolution or "",
-        solve_time=_timestamp(case.solved_at),
-        first_solve_time=_timestamp(case.first_solved_at),
-        close_time=_timestamp(case.closed_at),
+        solve_time=timestamp_message(case.solved_at),
+        first_solve_time=timestamp_message(case.first_solved_at),
+        close_time=timestamp_message(case.closed_at),
         reopen_count=case.reopen_count,
-        reopenable_until_time=_timestamp(case.reopenable_until()),
-        create_time=_timestamp(case.created_on),
-        update_time=_timestamp(case.modified_on),
+        reopenable_until_time=timestamp_message(case.reopenable_until()),
+        create_time=timestamp_message(case.created_on),
+        update_time=timestamp_message(case.modified_on),
         etag=str(case.version),
     )
 
@@ -334,10 +274,10 @@ def _clock_message(view: ClockView) -> interaction_pb2.SlaClock:
         state=_CLOCK_STATE_NUMBERS[view.state],
         policy=view.policy or "",
         target=target,
-        start_time=_timestamp(view.started_at),
-        due_time=_timestamp(view.due_at),
-        at_risk_time=_timestamp(view.at_risk_at),
-        end_time=_timestamp(view.ended_at),
+        start_time=timestamp_message(view.started_at),
+        due_time=timestamp_message(view.due_at),
+        at_risk_time=timestamp_message(view.at_risk_at),
+        end_time=timestamp_message(view.ended_at),
         breached=view.breached,
         at_risk_recorded=view.at_risk_recorded,
         breach_recorded=view.breach_recorded,
@@ -356,7 +296,7 @@ def survey_message(response: SurveyResponse, feedback_id: str) -> interaction_pb
         case_id=_id(response.case_id),
         agent_id=_id(response.agent_id),
         channel=_channel(response.channel),
-        create_time=_timestamp(response.created_on),
+        create_time=timestamp_message(response.created_on),
         feedback_id=feedback_id,
     )
 
@@ -378,8 +318,8 @@ def feedback_message(feedback: Feedback) -> interaction_pb2.Feedback:
         sentiment_set_by=_SETTER_NUMBERS[feedback.sentiment_set_by],
         topics=list(feedback.topics),
         topics_set_by=_SETTER_NUMBERS[feedback.topics_set_by],
-        create_time=_timestamp(feedback.created_on),
-        update_time=_timestamp(feedback.modified_on),
+        create_time=timestamp_message(feedback.created_on),
+        update_time=timestamp_message(feedback.modified_on),
     )
 
 
@@ -525,10 +465,10 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def OpenInteraction(
         self, request: interaction_pb2.OpenInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        channel = _required(request.channel, _CHANNELS, "channel")
-        direction = _member(request.direction, _DIRECTIONS, "direction", required=False)
-        customer_id = _optional_uuid(request.customer_id, "customer_id")
-        case_id = _optional_uuid(request.case_id, "case_id")
+        channel = required_member(request.channel, _CHANNELS, "channel")
+        direction = enum_member(request.direction, _DIRECTIONS, "direction", required=False)
+        customer_id = parse_optional_uuid(request.customer_id, "customer_id")
+        case_id = parse_optional_uuid(request.case_id, "case_id")
         reason = _optional_text(request.contact_reason)
         if (
             request.link_repeat_contact
@@ -553,21 +493,21 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def GetInteraction(
         self, request: interaction_pb2.GetInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.id, "id")
+        interaction_id = parse_uuid(request.id, "id")
         return interaction_message(await self.calls(self.app.get_interaction, interaction_id))
 
     async def ListInteractions(
         self, request: interaction_pb2.ListInteractionsRequest, context: Context
     ) -> interaction_pb2.ListInteractionsResponse:
-        status = _member(request.status, _STATUSES, "status", required=False)
+        status = enum_member(request.status, _STATUSES, "status", required=False)
         full = False if request.view == 0 else _VIEWS.get(request.view)
         if full is None:
             raise InvalidValue("view", f"unknown value {request.view}")
         page = await self.calls(
             self.views.list_interactions,
-            customer_id=_optional_uuid(request.customer_id, "customer_id"),
-            case_id=_optional_uuid(request.case_id, "case_id"),
-            agent_id=_optional_uuid(request.agent_id, "agent_id"),
+            customer_id=parse_optional_uuid(request.customer_id, "customer_id"),
+            case_id=parse_optional_uuid(request.case_id, "case_id"),
+            agent_id=parse_optional_uuid(request.agent_id, "agent_id"),
             status=status.value if status is not None else "",
             page_size=request.page_size,
             page_token=request.page_token,
@@ -580,12 +520,12 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def StreamInteractionEvents(
         self, request: interaction_pb2.StreamInteractionEventsRequest, context: Context
     ) -> AsyncIterator[interaction_pb2.InteractionUpdate]:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         async with self.live.subscribe(interaction_id) as queue:
             state = await self.calls(self.app.get_interaction, interaction_id)
             yield pb.InteractionUpdate(
                 event="snapshot",
-                event_time=_timestamp(state.modified_on),
+                event_time=timestamp_message(state.modified_on),
                 interaction=interaction_message(state),
             )
             while state.status not in FINAL_STATUSES:
@@ -602,15 +542,15 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
                 yield pb.InteractionUpdate(
                     event=event.event_name(),
                     event_type=event_type(type(event)),
-                    event_time=_timestamp(event.timestamp),
+                    event_time=timestamp_message(event.timestamp),
                     interaction=interaction_message(state),
                 )
 
     async def IdentifyCustomer(
         self, request: interaction_pb2.IdentifyCustomerRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
-        customer_id = _uuid(request.customer_id, "customer_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
+        customer_id = parse_uuid(request.customer_id, "customer_id")
         return interaction_message(
             await self._write(self.app.identify_customer, interaction_id, customer_id)
         )
@@ -618,7 +558,7 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def QueueInteraction(
         self, request: interaction_pb2.QueueInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         requirements = _requirements(request.requirements)
         state = await self._write(
             self.app.queue, interaction_id, queue=request.queue, requirements=requirements
@@ -628,16 +568,16 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def OfferInteraction(
         self, request: interaction_pb2.OfferInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
-        agent_id = _uuid(request.agent_id, "agent_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
+        agent_id = parse_uuid(request.agent_id, "agent_id")
         return interaction_message(await self._write(self.app.offer, interaction_id, agent_id))
 
     async def DeclineOffer(
         self, request: interaction_pb2.DeclineOfferRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
-        agent_id = _uuid(request.agent_id, "agent_id")
-        reason = _member(request.reason, _DECLINES, "reason", required=False)
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
+        agent_id = parse_uuid(request.agent_id, "agent_id")
+        reason = enum_member(request.reason, _DECLINES, "reason", required=False)
         state = await self._write(
             self.app.decline_offer,
             interaction_id,
@@ -649,29 +589,29 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def AnswerInteraction(
         self, request: interaction_pb2.AnswerInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
-        agent_id = _uuid(request.agent_id, "agent_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
+        agent_id = parse_uuid(request.agent_id, "agent_id")
         return interaction_message(await self._write(self.app.answer, interaction_id, agent_id))
 
     async def HoldInteraction(
         self, request: interaction_pb2.HoldInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         return interaction_message(await self._write(self.app.hold, interaction_id))
 
     async def ResumeInteraction(
         self, request: interaction_pb2.ResumeInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         return interaction_message(await self._write(self.app.resume, interaction_id))
 
     async def AddMessage(
         self, request: interaction_pb2.AddMessageRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
-        author = _required(request.author_kind, _AUTHORS, "author_kind")
-        author_id = _optional_uuid(request.author_id, "author_id")
-        with _fields({"public": "internal"}):
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
+        author = required_member(request.author_kind, _AUTHORS, "author_kind")
+        author_id = parse_optional_uuid(request.author_id, "author_id")
+        with renamed_fields({"public": "internal"}):
             state = await self._write(
                 self.app.add_message,
                 interaction_id,
@@ -685,8 +625,8 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def TransferInteraction(
         self, request: interaction_pb2.TransferInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
-        to_agent_id = _optional_uuid(request.to_agent_id, "to_agent_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
+        to_agent_id = parse_optional_uuid(request.to_agent_id, "to_agent_id")
         requirements = (
             _requirements(request.requirements) if request.HasField("requirements") else None
         )
@@ -703,7 +643,7 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def EscalateInteraction(
         self, request: interaction_pb2.EscalateInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         state = await self._write(
             self.app.escalate,
             interaction_id,
@@ -716,13 +656,13 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def StartWrapUp(
         self, request: interaction_pb2.StartWrapUpRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         return interaction_message(await self._write(self.app.start_wrap_up, interaction_id))
 
     async def ResolveInteraction(
         self, request: interaction_pb2.ResolveInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         state = await self._write(
             self.app.resolve,
             interaction_id,
@@ -734,7 +674,7 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def ReopenInteraction(
         self, request: interaction_pb2.ReopenInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         state = await self._write(
             self.app.reopen, interaction_id, reason=_optional_text(request.reason)
         )
@@ -743,19 +683,19 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def CloseInteraction(
         self, request: interaction_pb2.CloseInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         return interaction_message(await self._write(self.app.close_interaction, interaction_id))
 
     async def AbandonInteraction(
         self, request: interaction_pb2.AbandonInteractionRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         return interaction_message(await self._write(self.app.abandon, interaction_id))
 
     async def ContainInBot(
         self, request: interaction_pb2.ContainInBotRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         state = await self._write(
             self.app.bot_contain, interaction_id, resolution=_optional_text(request.resolution)
         )
@@ -764,7 +704,7 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def HandOffToHuman(
         self, request: interaction_pb2.HandOffToHumanRequest, context: Context
     ) -> interaction_pb2.Interaction:
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         requirements = (
             _requirements(request.requirements) if request.HasField("requirements") else None
         )
@@ -782,10 +722,10 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def OpenCase(
         self, request: interaction_pb2.OpenCaseRequest, context: Context
     ) -> interaction_pb2.Case:
-        customer_id = _optional_uuid(request.customer_id, "customer_id")
-        priority = _member(request.priority, _PRIORITIES, "priority", required=False)
+        customer_id = parse_optional_uuid(request.customer_id, "customer_id")
+        priority = enum_member(request.priority, _PRIORITIES, "priority", required=False)
         interaction_ids = [
-            _uuid(each, f"interaction_ids[{index}]")
+            parse_uuid(each, f"interaction_ids[{index}]")
             for index, each in enumerate(request.interaction_ids)
         ]
         window = (
@@ -793,7 +733,7 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
             if request.HasField("reopen_window")
             else DEFAULT_REOPEN_WINDOW
         )
-        channel = _member(request.channel, _CHANNELS, "channel", required=False)
+        channel = enum_member(request.channel, _CHANNELS, "channel", required=False)
         case = await self._write(
             self.app.open_case,
             subject=request.subject,
@@ -810,16 +750,16 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def GetCase(
         self, request: interaction_pb2.GetCaseRequest, context: Context
     ) -> interaction_pb2.Case:
-        case_id = _uuid(request.id, "id")
+        case_id = parse_uuid(request.id, "id")
         return case_message(await self.calls(self.app.get_case, case_id))
 
     async def ListCases(
         self, request: interaction_pb2.ListCasesRequest, context: Context
     ) -> interaction_pb2.ListCasesResponse:
-        status = _member(request.status, _CASE_STATUSES, "status", required=False)
+        status = enum_member(request.status, _CASE_STATUSES, "status", required=False)
         page = await self.calls(
             self.views.list_cases,
-            customer_id=_optional_uuid(request.customer_id, "customer_id"),
+            customer_id=parse_optional_uuid(request.customer_id, "customer_id"),
             status=status.value if status is not None else "",
             page_size=request.page_size,
             page_token=request.page_token,
@@ -832,8 +772,8 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def LinkInteractionToCase(
         self, request: interaction_pb2.LinkInteractionToCaseRequest, context: Context
     ) -> interaction_pb2.Case:
-        case_id = _uuid(request.case_id, "case_id")
-        interaction_id = _uuid(request.interaction_id, "interaction_id")
+        case_id = parse_uuid(request.case_id, "case_id")
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
         return case_message(
             await self._write(self.app.link_interaction_to_case, case_id, interaction_id)
         )
@@ -841,14 +781,14 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def ChangeCaseStatus(
         self, request: interaction_pb2.ChangeCaseStatusRequest, context: Context
     ) -> interaction_pb2.Case:
-        case_id = _uuid(request.case_id, "case_id")
-        status = _required(request.status, _CASE_STATUSES, "status")
+        case_id = parse_uuid(request.case_id, "case_id")
+        status = required_member(request.status, _CASE_STATUSES, "status")
         return case_message(await self._write(self.app.change_case_status, case_id, status.value))
 
     async def SolveCase(
         self, request: interaction_pb2.SolveCaseRequest, context: Context
     ) -> interaction_pb2.Case:
-        case_id = _uuid(request.case_id, "case_id")
+        case_id = parse_uuid(request.case_id, "case_id")
         case = await self._write(
             self.app.solve_case, case_id, resolution=_optional_text(request.resolution)
         )
@@ -857,7 +797,7 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def ReopenCase(
         self, request: interaction_pb2.ReopenCaseRequest, context: Context
     ) -> interaction_pb2.Case:
-        case_id = _uuid(request.case_id, "case_id")
+        case_id = parse_uuid(request.case_id, "case_id")
         case = await self._write(
             self.app.reopen_case, case_id, reason=_optional_text(request.reason)
         )
@@ -866,13 +806,13 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def CloseCase(
         self, request: interaction_pb2.CloseCaseRequest, context: Context
     ) -> interaction_pb2.Case:
-        case_id = _uuid(request.case_id, "case_id")
+        case_id = parse_uuid(request.case_id, "case_id")
         return case_message(await self._write(self.app.close_case, case_id))
 
     async def GetCaseSla(
         self, request: interaction_pb2.GetCaseSlaRequest, context: Context
     ) -> interaction_pb2.CaseSla:
-        case_id = _uuid(request.case_id, "case_id")
+        case_id = parse_uuid(request.case_id, "case_id")
         await self.calls(self.app.get_case, case_id)  # NOT_FOUND for an unknown case
         clocks = await self.calls(self.clocks.clocks_of, case_id)
         return pb.CaseSla(case_id=str(case_id), clocks=[_clock_message(each) for each in clocks])
@@ -882,17 +822,17 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def RecordSurveyResponse(
         self, request: interaction_pb2.RecordSurveyResponseRequest, context: Context
     ) -> interaction_pb2.SurveyResponse:
-        kind = _required(request.kind, _SURVEY_KINDS, "kind")
+        kind = required_member(request.kind, _SURVEY_KINDS, "kind")
         response = await self._write(
             self.app.record_survey_response,
             survey_id=request.survey_id,
             kind=kind.value,
             score=request.score,
             comment=request.comment,
-            customer_id=_optional_uuid(request.customer_id, "customer_id"),
-            interaction_id=_optional_uuid(request.interaction_id, "interaction_id"),
-            case_id=_optional_uuid(request.case_id, "case_id"),
-            agent_id=_optional_uuid(request.agent_id, "agent_id"),
+            customer_id=parse_optional_uuid(request.customer_id, "customer_id"),
+            interaction_id=parse_optional_uuid(request.interaction_id, "interaction_id"),
+            case_id=parse_optional_uuid(request.case_id, "case_id"),
+            agent_id=parse_optional_uuid(request.agent_id, "agent_id"),
             capture_comment=True,
         )
         feedback_id = survey_feedback_id(response.id) if response.comment else None
@@ -904,7 +844,7 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
         if bool(request.id) == bool(request.survey_id):
             raise InvalidValue("id", "give exactly one of id and survey_id")
         if request.id:
-            response = await self.calls(self.app.get_survey_response, _uuid(request.id, "id"))
+            response = await self.calls(self.app.get_survey_response, parse_uuid(request.id, "id"))
         else:
             response = await self.calls(self.app.get_survey_response_of, request.survey_id)
         return survey_message(response, await self.calls(self._comment_feedback, response))
@@ -922,18 +862,20 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def CaptureFeedback(
         self, request: interaction_pb2.CaptureFeedbackRequest, context: Context
     ) -> interaction_pb2.Feedback:
-        source = _member(request.source, _SOURCES, "source", required=False)
-        category = _member(request.category, _CATEGORIES, "category", required=False)
-        sentiment = _member(request.sentiment, _SENTIMENTS, "sentiment", required=False)
-        set_by = _member(request.set_by, _SETTERS, "set_by", required=False)
+        source = enum_member(request.source, _SOURCES, "source", required=False)
+        category = enum_member(request.category, _CATEGORIES, "category", required=False)
+        sentiment = enum_member(request.sentiment, _SENTIMENTS, "sentiment", required=False)
+        set_by = enum_member(request.set_by, _SETTERS, "set_by", required=False)
         feedback = await self._write(
             self.app.capture_feedback,
             text=request.text,
             source=(source or FeedbackSource.OTHER).value,
-            customer_id=_optional_uuid(request.customer_id, "customer_id"),
-            interaction_id=_optional_uuid(request.interaction_id, "interaction_id"),
-            case_id=_optional_uuid(request.case_id, "case_id"),
-            survey_response_id=_optional_uuid(request.survey_response_id, "survey_response_id"),
+            customer_id=parse_optional_uuid(request.customer_id, "customer_id"),
+            interaction_id=parse_optional_uuid(request.interaction_id, "interaction_id"),
+            case_id=parse_optional_uuid(request.case_id, "case_id"),
+            survey_response_id=parse_optional_uuid(
+                request.survey_response_id, "survey_response_id"
+            ),
             category=None if category is None else category.value,
             sentiment=None if sentiment is None else sentiment.value,
             sentiment_score=(
@@ -947,10 +889,10 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def ClassifyFeedback(
         self, request: interaction_pb2.ClassifyFeedbackRequest, context: Context
     ) -> interaction_pb2.Feedback:
-        feedback_id = _uuid(request.feedback_id, "feedback_id")
-        set_by = _required(request.set_by, _SETTERS, "set_by")
-        category = _member(request.category, _CATEGORIES, "category", required=False)
-        sentiment = _member(request.sentiment, _SENTIMENTS, "sentiment", required=False)
+        feedback_id = parse_uuid(request.feedback_id, "feedback_id")
+        set_by = required_member(request.set_by, _SETTERS, "set_by")
+        category = enum_member(request.category, _CATEGORIES, "category", required=False)
+        sentiment = enum_member(request.sentiment, _SENTIMENTS, "sentiment", required=False)
         feedback = await self._write(
             self.app.classify_feedback,
             feedback_id,
@@ -967,5 +909,5 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
     async def GetFeedback(
         self, request: interaction_pb2.GetFeedbackRequest, context: Context
     ) -> interaction_pb2.Feedback:
-        feedback_id = _uuid(request.id, "id")
+        feedback_id = parse_uuid(request.id, "id")
         return feedback_message(await self.calls(self.app.get_feedback, feedback_id))

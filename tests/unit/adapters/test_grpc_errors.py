@@ -58,3 +58,14 @@ class TestStatusFor:
 
     def test_store_outage_says_to_retry(self) -> None:
         assert "retry" in status_for(OperationalError("server closed the connection")).details
+
+
+class TestHugeInput:
+    def test_a_message_echoing_huge_input_is_clipped_to_fit_the_metadata_limit(self) -> None:
+        status = status_for(InvalidValue("purpose", f"unknown purpose {'😀' * 100_000!r}"))
+
+        assert len(status.details) <= 200
+        (_, details), *_ = status.trailing_metadata
+        percent_encoded_message = len(status.details.encode()) * 3
+        # The header block a client accepts by default is 8 KiB.
+        assert percent_encoded_message + len(details) * 4 / 3 < 8_192

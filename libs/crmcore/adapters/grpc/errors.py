@@ -45,12 +45,21 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
 )
 
 
+#: Messages echo offending input; clipped so a status always fits the 8 KiB metadata limit
+#: (grpc-message is percent-encoded: an emoji costs 12 bytes there).
+MAX_MESSAGE_LENGTH = 200
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_LENGTH else text[: MAX_MESSAGE_LENGTH - 1] + "…"
+
+
 def status_for(error: Exception) -> grpc.Status:
     """The rich gRPC status a client receives for `error`."""
     code = next(
         (code for kind, code in _CODES if isinstance(error, kind)), grpc.StatusCode.INTERNAL
     )
-    message = str(error) if code is not grpc.StatusCode.INTERNAL else "internal error"
+    message = _clip(str(error)) if code is not grpc.StatusCode.INTERNAL else "internal error"
     if code is grpc.StatusCode.UNAVAILABLE and not isinstance(error, DomainError):
         message = "storage unavailable, retry later"
     details: list[any_pb2.Any] = []
@@ -58,7 +67,7 @@ def status_for(error: Exception) -> grpc.Status:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=error.field, description=error.reason
+                    field=_clip(error.field), description=_clip(error.reason)
                 )
             ]
         )
