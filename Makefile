@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml hatch_build.py $(wildcard proto/crm/v1/*.proto) | $(BIN
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/python -m crmcore.example
+	$(BIN)/crm demo $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest

