@@ -39,7 +39,8 @@ pytestmark = pytest.mark.nats
 
 
 def application_classes() -> list[type[CRMApplication]]:
-    """Every concrete application of the library (subclasses of CRMApplication)."""
+    """Every concrete application of the library (subclasses of CRMApplication); where one
+    extends another under the same name (routing over the workforce), the most derived."""
     for module in pkgutil.iter_modules(crmcore.application.__path__, "crmcore.application."):
         importlib.import_module(module.name)
     found: list[type[CRMApplication]] = []
@@ -49,7 +50,15 @@ def application_classes() -> list[type[CRMApplication]]:
         pending.extend(cls.__subclasses__())
         if cls.__module__.startswith("crmcore.application."):
             found.append(cls)
-    return sorted(found, key=lambda cls: cls.name)
+    most_derived = [
+        cls
+        for cls in found
+        if not any(
+            other is not cls and issubclass(other, cls) and other.name == cls.name
+            for other in found
+        )
+    ]
+    return sorted(most_derived, key=lambda cls: cls.name)
 
 
 def published_form(event: DomainEvent) -> DomainEvent:
