@@ -108,6 +108,8 @@ def build(settings: CustomerServiceSettings) -> CustomerService:
     )
     if settings.bus is not None:
         running.relay = OutboxRelay(app, settings.bus, source="customer")
+        # Publish as soon as a command is stored, not at the next poll.
+        app.add_record_listener(running.relay.nudge)
         running.consumer = EventConsumer(
             settings.bus,
             durable=TIMELINE_CONSUMER,

@@ -150,6 +150,8 @@ def build(
     )
     if settings.bus is not None:
         running.relay = OutboxRelay(app, settings.bus, source="interaction")
+        # Publish as soon as a command is stored, not at the next poll.
+        app.add_record_listener(running.relay.nudge)
         running.consumer = EventConsumer(
             settings.bus,
             durable=ROUTING_CONSUMER,
