@@ -172,7 +172,12 @@ class InteractionLifecycle(RuleBasedStateMachine):
         target = TRANSITIONS[command].next_status(expected.status)
         assert reply.status == STATUS[target], (command, expected, reply.status)
         expected.status = target
-        expected.offered_to = agent if command is C.OFFER else ""
+        if command is C.OFFER:
+            expected.offered_to = agent
+        elif target is not InteractionStatus.OFFERED:
+            # An offer stands while the interaction stays offered (identifying the customer or
+            # a message does not withdraw it) and ends with any other status.
+            expected.offered_to = ""
         if command is C.IDENTIFY_CUSTOMER:
             expected.customer = customer
         if command is C.ADD_MESSAGE:
