@@ -44,9 +44,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.append import StockBenchApplication, StockCustomer, StockPostalAddress
 from crm.v1 import customer_pb2 as pb
 from crm.v1 import customer_pb2_grpc
+from crmcore.adapters.grpc.channels import open_blocking_channel, open_channel
 from crmcore.adapters.nats_server import free_loopback_port
+from crmcore.application.access import AccessApplication
 from crmcore.application.customers import CustomerApplication
 from crmcore.config import PersistenceSettings
+from crmcore.domain.access import ADMIN_SCOPE, MAX_RATE_PER_S
 from crmcore.domain.base import DomainEvent
 from crmcore.domain.customer import (
     DEVELOPMENT_INDEX_SECRET,
@@ -179,7 +182,7 @@ def start_service(
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + STARTUP_S
-    with grpc.insecure_channel(address) as channel:
+    with open_blocking_channel(address) as channel:  # health needs no token
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             if process.poll() is not None:
@@ -218,12 +221,21 @@ def create_request(index: int) -> pb.CreateCustomerRequest:
     )
 
 
+def issue_bench_token(persistence: PersistenceSettings) -> str:
+    """An admin token with no practical rate limit: the load is what is measured."""
+    app = AccessApplication(persistence)
+    try:
+        return app.issue_token("bench", [ADMIN_SCOPE], rate_per_s=MAX_RATE_PER_S).bearer
+    finally:
+        app.close()
+
+
 async def create_through_grpc(
-    address: str, first: int, creates: int, clients: int
+    address: str, token: str, first: int, creates: int, clients: int
 ) -> tuple[float, list[float]]:
     """Rate of `creates` CreateCustomer calls from `clients` concurrent callers, and each
     call's latency in seconds."""
-    channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
+    channels = [open_channel(address, token=token) for _ in range(4)]
     stubs = [customer_pb2_grpc.CustomerServiceStub(channel) for channel in channels]
     latencies: list[float] = []
     indexes = iter(range(first, first + creates))
@@ -290,10 +302,10 @@ def store_customers(persistence: PersistenceSettings, count: int, batch: int) ->
     return time.perf_counter() - started
 
 
-def lookup_latencies(address: str, stored: int, lookups: int) -> list[float]:
+def lookup_latencies(address: str, token: str, stored: int, lookups: int) -> list[float]:
     chooser = random.Random(20250303)
     samples: list[float] = []
-    with grpc.insecure_channel(address) as channel:
+    with open_blocking_channel(address, token=token) as channel:
         stub = customer_pb2_grpc.CustomerServiceStub(channel)
         for warm in range(50):
             stub.LookupCustomer(pb.LookupCustomerRequest(phone=national(stored_phone(warm))))
@@ -360,6 +372,7 @@ def main(argv: Sequence[str]) -> dict[str, object]:
 
         service_db = server.create_database("crm_bench_customer")
         databases.append(service_db)
+        token = issue_bench_token(server.persistence(service_db))
         process, address = start_service(
             server,
             service_db,
@@ -368,10 +381,12 @@ def main(argv: Sequence[str]) -> dict[str, object]:
             arguments.worker_threads,
         )
         print(f"service: subprocess `python -m services.customer` on {address} (bus idle)")
-        asyncio.run(create_through_grpc(address, 0, WARM_UP_CREATES, arguments.clients))
+        asyncio.run(create_through_grpc(address, token, 0, WARM_UP_CREATES, arguments.clients))
         cpu_before = cpu_seconds(process.pid)
         create_rate, create_latencies = asyncio.run(
-            create_through_grpc(address, WARM_UP_CREATES, arguments.creates, arguments.clients)
+            create_through_grpc(
+                address, token, WARM_UP_CREATES, arguments.creates, arguments.clients
+            )
         )
         cpu_after = cpu_seconds(process.pid)
         cpu_ms = (
@@ -395,7 +410,7 @@ def main(argv: Sequence[str]) -> dict[str, object]:
             f"stored {arguments.customers:,} more customers in {seconds:.1f}s "
             f"({arguments.customers / seconds:,.0f}/s, {arguments.batch} per transaction)"
         )
-        samples = lookup_latencies(address, arguments.customers, arguments.lookups)
+        samples = lookup_latencies(address, token, arguments.customers, arguments.lookups)
         lookup_p99_ms = percentile(samples, 0.99) * 1000
         print(
             f"LookupCustomer over {arguments.customers + arguments.creates + WARM_UP_CREATES:,} "

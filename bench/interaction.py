@@ -38,9 +38,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crm.v1 import common_pb2, interaction_pb2, interaction_pb2_grpc
+from crmcore.adapters.grpc.channels import open_blocking_channel, open_channel
 from crmcore.adapters.nats_server import free_loopback_port
+from crmcore.application.access import AccessApplication
 from crmcore.application.interactions import InteractionApplication
 from crmcore.config import PersistenceSettings
+from crmcore.domain.access import ADMIN_SCOPE, MAX_RATE_PER_S
 from crmcore.domain.interaction import RoutingRequirements, SkillRequirement
 from tests.support.postgres import PostgresProvider, PostgresServer, PostgresUnavailable
 
@@ -153,7 +156,7 @@ def start_service(
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + STARTUP_S
-    with grpc.insecure_channel(address) as channel:
+    with open_blocking_channel(address) as channel:  # health needs no token
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             if process.poll() is not None:
@@ -179,12 +182,21 @@ def stop_service(process: subprocess.Popen[bytes]) -> int:
         return process.wait()
 
 
+def issue_bench_token(persistence: PersistenceSettings) -> str:
+    """An admin token with no practical rate limit: the load is what is measured."""
+    app = AccessApplication(persistence)
+    try:
+        return app.issue_token("bench", [ADMIN_SCOPE], rate_per_s=MAX_RATE_PER_S).bearer
+    finally:
+        app.close()
+
+
 async def contacts_through_grpc(
-    address: str, contacts: int, clients: int
+    address: str, token: str, contacts: int, clients: int
 ) -> tuple[float, list[float]]:
     """Commands per second of `contacts` contacts from `clients` concurrent callers (each an
     agent working one contact after another), and each command's latency in seconds."""
-    channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
+    channels = [open_channel(address, token=token) for _ in range(4)]
     stubs = [interaction_pb2_grpc.InteractionServiceStub(channel) for channel in channels]
     latencies: list[float] = []
     remaining = iter(range(contacts))
@@ -304,14 +316,15 @@ def main(argv: Sequence[str]) -> dict[str, object]:
 
         service_db = server.create_database("crm_bench_interaction")
         databases.append(service_db)
+        token = issue_bench_token(server.persistence(service_db))
         process, address = start_service(
             server, service_db, workdir / "data", workdir / "service.log", arguments.worker_threads
         )
         print(f"service: subprocess `python -m services.interaction` on {address} (bus idle)")
-        asyncio.run(contacts_through_grpc(address, WARM_UP_CONTACTS, arguments.clients))
+        asyncio.run(contacts_through_grpc(address, token, WARM_UP_CONTACTS, arguments.clients))
         cpu_before = cpu_seconds(process.pid)
         rate, latencies = asyncio.run(
-            contacts_through_grpc(address, arguments.contacts, arguments.clients)
+            contacts_through_grpc(address, token, arguments.contacts, arguments.clients)
         )
         cpu_after = cpu_seconds(process.pid)
         commands = arguments.contacts * COMMANDS_PER_CONTACT

@@ -14,6 +14,7 @@ Persistence (ARCHITECTURE.md, "Storage"):
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,13 +22,16 @@ from typing import Literal
 
 import msgspec
 
+from crmcore.domain.access import is_bearer
+
 PersistenceKind = Literal["memory", "sqlite", "postgres"]
 PERSISTENCE_KINDS: tuple[PersistenceKind, ...] = ("memory", "sqlite", "postgres")
 
 _PERSISTENCE_MODULES: dict[PersistenceKind, str] = {
     "memory": "eventsourcing.popo",
     "sqlite": "eventsourcing.sqlite",
-    "postgres": "eventsourcing.postgres",
+    # The library's factory plus libpq's TLS parameters (`POSTGRES_SSLMODE`, …).
+    "postgres": "crmcore.adapters.postgres:TlsPostgresFactory",
 }
 
 # Library variables passed through to each application (with or without an application prefix).
@@ -64,7 +68,17 @@ class PersistenceSettings(msgspec.Struct, frozen=True, kw_only=True):
         password: str = "",
         schema: str = "",
         pool_size: int = 5,
+        sslmode: str = "",
+        sslrootcert: str = "",
+        sslcert: str = "",
+        sslkey: str = "",
     ) -> PersistenceSettings:
+        tls = {
+            "POSTGRES_SSLMODE": sslmode,
+            "POSTGRES_SSLROOTCERT": sslrootcert,
+            "POSTGRES_SSLCERT": sslcert,
+            "POSTGRES_SSLKEY": sslkey,
+        }
         return cls(
             kind="postgres",
             library_env={
@@ -75,6 +89,7 @@ class PersistenceSettings(msgspec.Struct, frozen=True, kw_only=True):
                 "POSTGRES_PASSWORD": password,
                 "POSTGRES_SCHEMA": schema,
                 "POSTGRES_POOL_SIZE": str(pool_size),
+                **{key: value for key, value in tls.items() if value},
             },
         )
 
@@ -110,6 +125,8 @@ def _persistence_from(
     }
     if kind == "postgres" and not any(key.endswith("POSTGRES_DBNAME") for key in library_env):
         raise ConfigurationError("CRM_PERSISTENCE=postgres needs POSTGRES_DBNAME (and _HOST, …)")
+    _check_postgres_tls(library_env)
+    _check_cipher_keys(library_env)
     return PersistenceSettings(
         kind=kind,
         data_dir=Path(environ.get("CRM_DATA_DIR", ".crm-data")),
@@ -117,11 +134,230 @@ def _persistence_from(
     )
 
 
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_postgres_tls(library_env: Mapping[str, str]) -> None:
+    """`POSTGRES_SSLMODE` (any prefix) is a libpq mode; the TLS files it names are readable."""
+    for key, value in library_env.items():
+        if key.endswith("POSTGRES_SSLMODE") and value.strip() not in ("", *_SSL_MODES):
+            raise ConfigurationError(f"{key}={value!r}: expected one of {', '.join(_SSL_MODES)}")
+        # `sslrootcert=system` (libpq 16+) means the system's CAs, not a file.
+        is_file = value.strip() != "system" or not key.endswith("POSTGRES_SSLROOTCERT")
+        if (
+            key.endswith(("POSTGRES_SSLROOTCERT", "POSTGRES_SSLCERT", "POSTGRES_SSLKEY"))
+            and is_file
+        ):
+            _read_file(library_env, key)
+
+
+def _check_cipher_keys(library_env: Mapping[str, str]) -> None:
+    """`CIPHER_KEY` (any prefix): base64 of 16, 24 or 32 random bytes (`crm keys generate`)."""
+    for key, value in library_env.items():
+        if not key.endswith("CIPHER_KEY") or not value.strip():
+            continue
+        try:
+            size = len(base64.b64decode(value.strip(), validate=True))
+        except ValueError:
+            size = -1
+        if size not in (16, 24, 32):
+            raise ConfigurationError(
+                f"{key}: expected base64 of 16, 24 or 32 bytes (make one with `crm keys generate`)"
+            )
+
+
 def persistence_from_env(
     environ: Mapping[str, str] | None = None, *, default_kind: PersistenceKind = "memory"
 ) -> PersistenceSettings:
     """Persistence settings from the environment (or the given mapping, for tests)."""
     return _persistence_from(os.environ if environ is None else environ, default_kind)
+
+
+# --- Access (tokens; ARCHITECTURE.md, "Security") -------------------------------------------
+
+
+class AccessSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How the services authenticate callers, and which token the `crm` clients send.
+
+    - `CRM_AUTH_CACHE_S`: seconds a successful authentication is remembered (default 5): a
+      token revoked by another process stops working within this time (at once in the same
+      process).
+    - `CRM_AUTH_DEFAULT_RATE_PER_S`: calls per second a token may make when it sets no rate of
+      its own (default 1000; bursts of twice that).
+    - `CRM_BOOTSTRAP_ADMIN_TOKEN`: a bearer (`crm_<32 hex>_<secret>`) each service registers as
+      an `admin` token at start if it is not there yet, e.g. from a Kubernetes Secret.
+    - `CRM_TOKEN`: the bearer the `crm` client commands send (else the running stack's
+      `admin.token` in `CRM_DATA_DIR`).
+
+    There is no setting that turns authentication off. `generate_admin_token` (true for a
+    service started from the environment) makes a service whose token store is empty, with no
+    bootstrap token, issue an admin token and print it once rather than be unreachable.
+    """
+
+    cache_s: float = 5.0
+    default_rate_per_s: float = 1000.0
+    bootstrap_admin_token: str | None = None
+    client_token: str | None = None
+    generate_admin_token: bool = False
+
+
+def access_from_env(environ: Mapping[str, str] | None = None) -> AccessSettings:
+    """Access settings from the environment (or the given mapping, for tests)."""
+    env = os.environ if environ is None else environ
+    bootstrap = env.get("CRM_BOOTSTRAP_ADMIN_TOKEN", "").strip() or None
+    if bootstrap is not None and not is_bearer(bootstrap):
+        raise ConfigurationError(
+            "CRM_BOOTSTRAP_ADMIN_TOKEN: expected crm_<32 hex digits>_<secret of at least "
+            "16 URL-safe characters> (crm tokens create prints one)"
+        )
+    return AccessSettings(
+        cache_s=_number(env, "CRM_AUTH_CACHE_S", 5.0, 0),
+        default_rate_per_s=_number(env, "CRM_AUTH_DEFAULT_RATE_PER_S", 1000.0, 0.001),
+        bootstrap_admin_token=bootstrap,
+        client_token=env.get("CRM_TOKEN", "").strip() or None,
+        generate_admin_token=True,
+    )
+
+
+# --- Transport security of the gRPC services (ARCHITECTURE.md, "Security") --------------------
+
+
+class ServerTlsSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """TLS of a service's gRPC port (the PEM contents, checked to belong together).
+
+    - `CRM_TLS_CERT_FILE`, `CRM_TLS_KEY_FILE`: the server's certificate (chain) and private key
+      in PEM. Both set: the service listens with TLS only; neither: plaintext (development).
+    - `CRM_TLS_CLIENT_CA_FILE`: CA certificate(s) in PEM. Set: mutual TLS, every client must
+      present a certificate signed by one of them.
+    """
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca is not None
+
+
+class ClientTlsSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How the `crm` clients (and tests) reach TLS services.
+
+    - `CRM_TLS_CA_FILE`: CA certificate(s) in PEM the services' certificates are checked
+      against. Set (or `CRM_TLS=on`, which trusts the system's CAs): clients use TLS.
+    - `CRM_TLS_CLIENT_CERT_FILE`, `CRM_TLS_CLIENT_KEY_FILE`: the client's certificate and key,
+      for services requiring mutual TLS (both or neither).
+    - `CRM_TLS_SERVER_NAME`: the name to expect in the services' certificates when it is not
+      the host clients dial (e.g. dialling an IP address).
+    """
+
+    ca: bytes | None = None
+    cert_chain: bytes | None = None
+    private_key: bytes | None = None
+    server_name: str | None = None
+
+
+def _read_file(environ: Mapping[str, str], key: str) -> bytes | None:
+    path = environ.get(key, "").strip()
+    if not path:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ConfigurationError(f"{key}={path!r}: cannot read it ({error.strerror})") from None
+    if not data.strip():
+        raise ConfigurationError(f"{key}={path!r}: the file is empty")
+    return data
+
+
+def _certificates(environ: Mapping[str, str], key: str) -> bytes | None:
+    """The PEM certificate(s) of the file `key` names, checked to parse."""
+    from cryptography import x509
+
+    data = _read_file(environ, key)
+    if data is None:
+        return None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError as error:
+        raise ConfigurationError(
+            f"{key}={environ[key].strip()!r}: not a PEM certificate ({error})"
+        ) from None
+    return data
+
+
+def _key_pair(
+    environ: Mapping[str, str], cert_key: str, key_key: str
+) -> tuple[bytes, bytes] | None:
+    """Certificate chain and private key, both or neither, checked to belong together."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
+    cert = _certificates(environ, cert_key)
+    key = _read_file(environ, key_key)
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        missing, given = (cert_key, key_key) if cert is None else (key_key, cert_key)
+        raise ConfigurationError(f"{given} is set but {missing} is not: set both or neither")
+    try:
+        private = load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as error:
+        raise ConfigurationError(
+            f"{key_key}={environ[key_key].strip()!r}: not an unencrypted PEM private key ({error})"
+        ) from None
+    leaf = x509.load_pem_x509_certificates(cert)[0]
+    spki = (Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    if leaf.public_key().public_bytes(*spki) != private.public_key().public_bytes(*spki):
+        raise ConfigurationError(
+            f"{key_key}: the key does not match the certificate of {cert_key} "
+            f"({environ[cert_key].strip()!r})"
+        )
+    return cert, key
+
+
+def server_tls_from_env(environ: Mapping[str, str] | None = None) -> ServerTlsSettings | None:
+    """The gRPC server's TLS settings; None when no certificate is configured."""
+    env = os.environ if environ is None else environ
+    pair = _key_pair(env, "CRM_TLS_CERT_FILE", "CRM_TLS_KEY_FILE")
+    client_ca = _certificates(env, "CRM_TLS_CLIENT_CA_FILE")
+    if pair is None:
+        if client_ca is not None:
+            raise ConfigurationError(
+                "CRM_TLS_CLIENT_CA_FILE needs CRM_TLS_CERT_FILE and CRM_TLS_KEY_FILE: "
+                "mutual TLS is TLS with client certificates"
+            )
+        return None
+    return ServerTlsSettings(cert_chain=pair[0], private_key=pair[1], client_ca=client_ca)
+
+
+def client_tls_from_env(environ: Mapping[str, str] | None = None) -> ClientTlsSettings | None:
+    """The TLS settings the `crm` clients use; None for plaintext."""
+    env = os.environ if environ is None else environ
+    ca = _certificates(env, "CRM_TLS_CA_FILE")
+    pair = _key_pair(env, "CRM_TLS_CLIENT_CERT_FILE", "CRM_TLS_CLIENT_KEY_FILE")
+    switch = env.get("CRM_TLS", "").strip().lower()
+    if switch not in ("", "on", "off", "true", "false", "1", "0"):
+        raise ConfigurationError(f"CRM_TLS={switch!r}: expected on or off")
+    wanted = switch in ("on", "true", "1")
+    if ca is None and pair is None and not wanted:
+        return None
+    if switch in ("off", "false", "0"):
+        raise ConfigurationError("CRM_TLS=off contradicts the CRM_TLS_* files that are set")
+    return ClientTlsSettings(
+        ca=ca,
+        cert_chain=None if pair is None else pair[0],
+        private_key=None if pair is None else pair[1],
+        server_name=env.get("CRM_TLS_SERVER_NAME", "").strip() or None,
+    )
+
+
+#: Default cap of one gRPC message, either way (gRPC's own default).
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 ServiceName = Literal["customer", "interaction", "routing", "metrics"]
@@ -145,6 +381,12 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     - `CRM_INDEX_SECRET`: key of the hashes that index contact points (customer service). Set it
       once per installation and never change it: existing contact points are found by it.
       Unset, a development secret is used.
+    - `CRM_TLS_CERT_FILE`, `CRM_TLS_KEY_FILE`, `CRM_TLS_CLIENT_CA_FILE`: TLS and mutual TLS of
+      the gRPC port (`ServerTlsSettings`).
+    - `CRM_GRPC_MAX_MESSAGE_BYTES`: largest gRPC message received or sent (default 4 MiB);
+      a larger request is refused with RESOURCE_EXHAUSTED.
+    - `CRM_HEALTH_ADDRESS`: `host:port` of a plaintext port serving only the standard health
+      service (default none), for probes that cannot speak TLS (Kubernetes' gRPC probes).
     """
 
     service: ServiceName
@@ -154,6 +396,12 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     default_region: str | None = None
     worker_threads: int = 64
     index_secret: bytes | None = None
+    #: TLS of the gRPC port; None: plaintext.
+    tls: ServerTlsSettings | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    health_address: str | None = None
+    #: Authentication of callers (`CRM_AUTH_*`, `CRM_BOOTSTRAP_ADMIN_TOKEN`): AccessSettings.
+    access: AccessSettings = AccessSettings()
 
 
 def service_from_env(
@@ -171,6 +419,12 @@ def service_from_env(
         default_region=region,
         worker_threads=int(_number(env, "CRM_WORKER_THREADS", 64, 1)),
         index_secret=env.get("CRM_INDEX_SECRET", "").encode() or None,
+        tls=server_tls_from_env(env),
+        max_message_bytes=int(
+            _number(env, "CRM_GRPC_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, 1024)
+        ),
+        health_address=env.get("CRM_HEALTH_ADDRESS", "").strip() or None,
+        access=access_from_env(env),
     )
 
 
@@ -190,6 +444,12 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True):
     - `CRM_STREAM_MAX_AGE_S`: how long events stay in the stream (default 30 days, 0 = forever).
     - `CRM_STREAM_MAX_BYTES`: size cap of the stream, oldest events dropped first (-1 = none).
     - `CRM_RELAY_BATCH`: how many stored events the relay publishes per round (default 1000).
+
+    Credentials (at most one kind): `NATS_USER` + `NATS_PASSWORD`, `NATS_TOKEN`,
+    `NATS_CREDS_FILE` (a JWT `.creds` file of a NATS account) or `NATS_NKEY_SEED_FILE` (a file
+    holding an NKey user seed). TLS: `NATS_TLS_CA_FILE` (CA the server's certificate is checked
+    against; set, or a `tls://` URL, means TLS), `NATS_TLS_CERT_FILE` + `NATS_TLS_KEY_FILE`
+    (a client certificate, for servers verifying clients).
     """
 
     nats_url: str | None = None
@@ -199,6 +459,19 @@ class BusSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_age_s: float = 30 * 24 * 3600.0
     max_bytes: int = -1
     relay_batch: int = 1000
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None
+    nkey_seed_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether connections use TLS (a CA or client certificate given, or `tls://`)."""
+        return bool(self.tls_ca_file or self.tls_cert_file) or self.url.startswith("tls://")
 
     @property
     def url(self) -> str:
@@ -230,7 +503,7 @@ def bus_from_env(environ: Mapping[str, str] | None = None) -> BusSettings:
     stream = env.get("CRM_STREAM", "").strip() or defaults.stream
     if not all(ch.isalnum() or ch in "-_" for ch in stream):
         raise ConfigurationError(f"CRM_STREAM={stream!r}: use letters, digits, '-' and '_' only")
-    return BusSettings(
+    settings = BusSettings(
         nats_url=env.get("NATS_URL", "").strip() or None,
         stream=stream,
         duplicate_window_s=_number(
@@ -240,6 +513,43 @@ def bus_from_env(environ: Mapping[str, str] | None = None) -> BusSettings:
         max_bytes=int(_number(env, "CRM_STREAM_MAX_BYTES", defaults.max_bytes, -1)),
         relay_batch=int(_number(env, "CRM_RELAY_BATCH", defaults.relay_batch, 1)),
     )
+    return msgspec.structs.replace(settings, **_nats_security(env))
+
+
+def _nats_security(env: Mapping[str, str]) -> dict[str, str | None]:
+    """NATS credentials and TLS files, checked: one kind of credentials, files readable."""
+    values = {
+        key: env.get(key, "").strip() or None
+        for key in (
+            "NATS_USER",
+            "NATS_PASSWORD",
+            "NATS_TOKEN",
+            "NATS_CREDS_FILE",
+            "NATS_NKEY_SEED_FILE",
+            "NATS_TLS_CA_FILE",
+            "NATS_TLS_CERT_FILE",
+            "NATS_TLS_KEY_FILE",
+        )
+    }
+    if bool(values["NATS_USER"]) != bool(values["NATS_PASSWORD"]):
+        raise ConfigurationError("NATS_USER and NATS_PASSWORD go together: set both or neither")
+    kinds = [
+        name
+        for name, given in (
+            ("NATS_USER/NATS_PASSWORD", values["NATS_USER"]),
+            ("NATS_TOKEN", values["NATS_TOKEN"]),
+            ("NATS_CREDS_FILE", values["NATS_CREDS_FILE"]),
+            ("NATS_NKEY_SEED_FILE", values["NATS_NKEY_SEED_FILE"]),
+        )
+        if given
+    ]
+    if len(kinds) > 1:
+        raise ConfigurationError(f"set one kind of NATS credentials, not {' and '.join(kinds)}")
+    for key in ("NATS_CREDS_FILE", "NATS_NKEY_SEED_FILE"):
+        _read_file(env, key)
+    _certificates(env, "NATS_TLS_CA_FILE")
+    _key_pair(env, "NATS_TLS_CERT_FILE", "NATS_TLS_KEY_FILE")
+    return {key.removeprefix("NATS_").lower(): value for key, value in values.items()}
 
 
 def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
@@ -352,4 +662,34 @@ def interaction_from_env(environ: Mapping[str, str] | None = None) -> Interactio
         sla_policies_json=policies_json,
         sla_tick_s=_number(env, "CRM_SLA_TICK_S", 1.0, 0.01),
         state_cache_size=int(_number(env, "CRM_INTERACTION_STATE_CACHE", 10_000, 0)),
+    )
+
+
+# --- The routing service ----------------------------------------------------------------------
+
+
+class RoutingSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What only the routing service needs (the engine's policy and its snapshots).
+
+    - `CRM_ROUTING_PRIORITY_WAIT_S`: seconds of waiting one priority point is worth when work
+      of different priorities competes (default 60).
+    - `CRM_ROUTING_MISS_COOLDOWN_S`: seconds an agent who missed or rejected an offer is left
+      alone before the next one (default 10).
+    - `CRM_ROUTING_SNAPSHOT_EVERY`: events between two snapshots of the engine; a restart
+      replays at most this many (default 10000).
+    """
+
+    priority_wait_s: float = 60.0
+    miss_cooldown_s: float = 10.0
+    snapshot_every: int = 10_000
+
+
+def routing_from_env(environ: Mapping[str, str] | None = None) -> RoutingSettings:
+    """Routing service settings from the environment (or the given mapping, for tests)."""
+    env = os.environ if environ is None else environ
+    defaults = RoutingSettings()
+    return RoutingSettings(
+        priority_wait_s=_number(env, "CRM_ROUTING_PRIORITY_WAIT_S", defaults.priority_wait_s, 0),
+        miss_cooldown_s=_number(env, "CRM_ROUTING_MISS_COOLDOWN_S", defaults.miss_cooldown_s, 0),
+        snapshot_every=int(_number(env, "CRM_ROUTING_SNAPSHOT_EVERY", defaults.snapshot_every, 1)),
     )

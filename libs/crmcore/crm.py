@@ -12,9 +12,12 @@ this customer before — from the interaction events:
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from uuid import UUID
 
+from crmcore.application.audit import AuditPage
+from crmcore.application.customer_views import CustomerViews
 from crmcore.application.customers import CustomerApplication
 from crmcore.application.interactions import InteractionApplication
 from crmcore.application.timeline import CustomerTimeline, TimelineEntry
@@ -33,6 +36,7 @@ class CRM:
         self.interactions = InteractionApplication(self.persistence)
         self.workforce = WorkforceApplication(self.persistence)
         self._timeline = CustomerTimeline()
+        self._views: CustomerViews | None = None
 
     @classmethod
     def in_memory(cls, *, default_region: str | None = None) -> CRM:
@@ -64,8 +68,30 @@ class CRM:
         entries.sort(key=lambda entry: (entry.occurred_at, entry.id.int), reverse=True)
         return tuple(entries[offset : offset + limit])
 
+    def audit(
+        self,
+        customer_id: UUID,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AuditPage:
+        """Who did what to the customer, newest first: its own events and those of its
+        interactions, cases, surveys and feedback, each with its actor and the names of the
+        fields it set (`crmcore.application.audit`). Run commands inside
+        `crmcore.application.principal.acting_as(...)` for them to name an actor."""
+        if self._views is None:
+            self._views = CustomerViews(self.customers)
+        self._views.timeline.catch_up(self.interactions)
+        return self._views.customer_audit(
+            customer_id, page_size=page_size, page_token=page_token, since=since, until=until
+        )
+
     def shut_down(self) -> None:
         """Releases storage connections and files."""
+        if self._views is not None:
+            self._views.close_views()
         self.customers.shut_down()
         for app in (self.interactions, self.workforce):
             app.stop_writer()

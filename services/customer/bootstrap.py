@@ -20,6 +20,7 @@ from typing import Any
 
 from crm.v1 import customer_pb2, customer_pb2_grpc
 from crmcore.adapters.envelope import Envelope
+from crmcore.adapters.grpc.access import ServiceAccess, open_service_access
 from crmcore.adapters.grpc.calls import BlockingCalls
 from crmcore.adapters.grpc.server import RunningServer, ServiceBinding, start_server
 from crmcore.adapters.jetstream import EventConsumer, Handlers
@@ -55,6 +56,7 @@ class CustomerService:
     relay: OutboxRelay | None = None
     consumer: EventConsumer | None = None
     server: RunningServer | None = None
+    access: ServiceAccess | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: bool = False
 
@@ -84,6 +86,8 @@ class CustomerService:
             self.relay.stop()
         await _finish(self.tasks, within_s=BUS_STOP_S)
         self.calls.shutdown(wait=True)
+        if self.access is not None:
+            await asyncio.to_thread(self.access.close)
         await asyncio.to_thread(self._close_stores)
 
     def _close_stores(self) -> None:
@@ -134,6 +138,7 @@ async def start(settings: CustomerServiceSettings) -> CustomerService:
     """Builds the service and starts serving on `settings.service.address` (port 0: any)."""
     service = await asyncio.to_thread(build, settings)
     try:
+        service.access = await asyncio.to_thread(open_service_access, settings.service)
         service.server = await start_server(
             [
                 ServiceBinding(
@@ -146,6 +151,10 @@ async def start(settings: CustomerServiceSettings) -> CustomerService:
                 )
             ],
             settings.service.address,
+            access=service.access.interceptor,
+            tls=settings.service.tls,
+            max_message_bytes=settings.service.max_message_bytes,
+            health_address=settings.service.health_address,
         )
     except BaseException:
         await service.stop(grace=0)

@@ -10,10 +10,12 @@ pass through: the interceptor of crmcore.adapters.grpc maps them to status codes
 from __future__ import annotations
 
 import enum
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar, cast
 
 import grpc
 import phonenumbers
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from crm.v1 import common_pb2, customer_pb2, customer_pb2_grpc
 from crmcore.adapters.grpc.calls import BlockingCalls
@@ -26,6 +28,7 @@ from crmcore.adapters.grpc.convert import (
     required_member,
     timestamp_message,
 )
+from crmcore.application.audit import AuditEntry
 from crmcore.application.customer_views import CustomerViews
 from crmcore.application.customers import CustomerApplication
 from crmcore.application.timeline import TimelineEntry, TimelineKind
@@ -158,6 +161,29 @@ def timeline_entry_message(entry: TimelineEntry) -> customer_pb2.TimelineEntry:
         occur_time=timestamp_message(entry.occurred_at),
         update_time=timestamp_message(entry.updated_at),
     )
+
+
+def audit_entry_message(entry: AuditEntry) -> customer_pb2.AuditEntry:
+    return customer_pb2.AuditEntry(
+        occur_time=timestamp_message(entry.occurred_at),
+        actor=entry.actor,
+        service=entry.service,
+        action=entry.action,
+        aggregate_id=str(entry.aggregate_id),
+        aggregate_version=entry.aggregate_version,
+        customer_id=str(entry.customer_id),
+        fields=list(entry.fields),
+    )
+
+
+def _optional_time(stamp: Timestamp | None, field: str) -> datetime | None:
+    """The time of a Timestamp field, None when unset; InvalidValue when out of range."""
+    if stamp is None:
+        return None
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidValue(field, "not a valid timestamp") from None
 
 
 # --- the servicer ---------------------------------------------------------------------------
@@ -389,4 +415,28 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
             customer=customer_message(view.customer),
             timeline=[timeline_entry_message(entry) for entry in view.timeline],
             next_page_token=view.next_page_token,
+        )
+
+    async def ListCustomerAudit(
+        self, request: customer_pb2.ListCustomerAuditRequest, context: Context
+    ) -> customer_pb2.ListCustomerAuditResponse:
+        customer_id = parse_uuid(request.customer_id, "customer_id")
+        since = _optional_time(
+            request.start_time if request.HasField("start_time") else None, "start_time"
+        )
+        until = _optional_time(
+            request.end_time if request.HasField("end_time") else None, "end_time"
+        )
+        page = await self.calls(
+            self.views.customer_audit,
+            customer_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            since=since,
+            until=until,
+        )
+        return customer_pb2.ListCustomerAuditResponse(
+            customer_id=str(page.customer_id),
+            entries=[audit_entry_message(entry) for entry in page.entries],
+            next_page_token=page.next_page_token,
         )

@@ -11,7 +11,11 @@
   blocking calls run on a pool of `worker_threads` threads;
 - with a bus: the outbox relay publishing every event (`crm.interaction.>`, `crm.voc.>`) and
   a durable JetStream consumer of `crm.routing.>` recording offers, acceptances, rejections,
-  timeouts and revocations on the interactions (once per task version, durable).
+  timeouts and revocations on the interactions (once per task version, durable);
+- with a bus, a durable consumer of the customer service's `crm.customer.erased` and
+  `crm.customer.duplicate_absorbed`: an erasure crypto-shreds the customer's personal data
+  kept here (`InteractionApplication.erase_customer`), a merge hands the duplicate's keys to
+  the survivor (`merge_customers`); both are safe to repeat, so a redelivery changes nothing.
 """
 
 from __future__ import annotations
@@ -26,13 +30,20 @@ from typing import Any
 
 from crm.v1 import interaction_pb2, interaction_pb2_grpc
 from crmcore.adapters.envelope import Envelope
+from crmcore.adapters.grpc.access import ServiceAccess, open_service_access
 from crmcore.adapters.grpc.calls import BlockingCalls
 from crmcore.adapters.grpc.server import RunningServer, ServiceBinding, start_server
 from crmcore.adapters.jetstream import EventConsumer, Handlers
 from crmcore.adapters.relay import OutboxRelay
 from crmcore.application.interaction_views import InteractionViews
 from crmcore.application.interactions import InteractionApplication
+from crmcore.application.principal import (
+    ROUTING_CONSUMER_PRINCIPAL,
+    SLA_SCHEDULER_PRINCIPAL,
+    running_as,
+)
 from crmcore.application.sla_scheduler import SlaClocks, SlaScheduler
+from crmcore.domain.customer import CustomerErased, DuplicateAbsorbed
 from crmcore.domain.task import (
     RoutingAccepted,
     RoutingAssigned,
@@ -60,6 +71,9 @@ ROUTING_EVENTS: tuple[type[TaskEvent], ...] = (
     RoutingTimedOut,
     RoutingOfferRevoked,
 )
+#: Durable name of the JetStream consumer of erasures and merges of customers.
+CUSTOMER_CONSUMER = "interaction-erasures"
+CUSTOMER_SUBJECTS = ("crm.customer.erased", "crm.customer.duplicate_absorbed")
 #: How long the background tasks get to return once asked to stop.
 BACKGROUND_STOP_S = 2.0
 
@@ -78,7 +92,9 @@ class InteractionService:
     servicer: InteractionServicer
     relay: OutboxRelay | None = None
     consumer: EventConsumer | None = None
+    customer_consumer: EventConsumer | None = None
     server: RunningServer | None = None
+    access: ServiceAccess | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _stopped: bool = False
@@ -108,10 +124,14 @@ class InteractionService:
         self.stopping.set()
         if self.consumer is not None:
             self.consumer.stop()
+        if self.customer_consumer is not None:
+            self.customer_consumer.stop()
         if self.relay is not None:
             self.relay.stop()
         await _finish(self.tasks, within_s=BACKGROUND_STOP_S)
         self.calls.shutdown(wait=True)
+        if self.access is not None:
+            await asyncio.to_thread(self.access.close)
         await asyncio.to_thread(self._close_stores)
 
     def _close_stores(self) -> None:
@@ -158,12 +178,19 @@ def build(
             subjects=ROUTING_SUBJECTS,
             handlers=_routing_handlers(running),
         )
+        running.customer_consumer = EventConsumer(
+            settings.bus,
+            durable=CUSTOMER_CONSUMER,
+            subjects=CUSTOMER_SUBJECTS,
+            handlers=_customer_handlers(running),
+        )
     return running
 
 
 def _routing_handlers(service: InteractionService) -> Handlers:
     async def record(event: TaskEvent, envelope: Envelope) -> None:
-        changed = await service.calls(service.views.routing_progress.apply, service.app, event)
+        apply = running_as(ROUTING_CONSUMER_PRINCIPAL, service.views.routing_progress.apply)
+        changed = await service.calls(apply, service.app, event)
         if changed is not None:
             service.live.nudge()
 
@@ -173,12 +200,26 @@ def _routing_handlers(service: InteractionService) -> Handlers:
     return handlers
 
 
+def _customer_handlers(service: InteractionService) -> Handlers:
+    async def erase(event: CustomerErased, envelope: Envelope) -> None:
+        destroyed = await service.calls(service.app.erase_customer, event.originator_id)
+        log.info("customer %s erased: %d data keys destroyed", event.originator_id, len(destroyed))
+
+    async def merge(event: DuplicateAbsorbed, envelope: Envelope) -> None:
+        await service.calls(
+            service.app.merge_customers, event.duplicate_id, event.originator_id, event.merged_ids
+        )
+
+    return Handlers().on(CustomerErased, erase).on(DuplicateAbsorbed, merge)
+
+
 async def start(
     settings: InteractionServiceSettings, *, now: Callable[[], datetime] | None = None
 ) -> InteractionService:
     """Builds the service and starts serving on `settings.service.address` (port 0: any)."""
     service = await asyncio.to_thread(build, settings, now=now)
     try:
+        service.access = await asyncio.to_thread(open_service_access, settings.service)
         service.server = await start_server(
             [
                 ServiceBinding(
@@ -191,6 +232,10 @@ async def start(
                 )
             ],
             settings.service.address,
+            access=service.access.interceptor,
+            tls=settings.service.tls,
+            max_message_bytes=settings.service.max_message_bytes,
+            health_address=settings.service.health_address,
         )
     except BaseException:
         await service.stop(grace=0)
@@ -203,6 +248,8 @@ async def start(
         runners.append((service.relay.run(), "relay"))
     if service.consumer is not None:
         runners.append((service.consumer.run(), "routing consumer"))
+    if service.customer_consumer is not None:
+        runners.append((service.customer_consumer.run(), "customer consumer"))
     for work, name in runners:
         service.tasks.append(asyncio.create_task(_logged(work, name)))
     log.info(
@@ -220,7 +267,7 @@ async def _schedule_sla(service: InteractionService) -> None:
     tick = service.settings.sla_tick_s
     while not service.stopping.is_set():
         try:
-            await service.calls(service.scheduler.run_once)
+            await service.calls(running_as(SLA_SCHEDULER_PRINCIPAL, service.scheduler.run_once))
         except Exception:
             log.exception("SLA scheduler round failed; retrying next tick")
         with contextlib.suppress(TimeoutError):

@@ -817,6 +817,20 @@ class InteractionServicer(interaction_pb2_grpc.InteractionServiceServicer):
         clocks = await self.calls(self.clocks.clocks_of, case_id)
         return pb.CaseSla(case_id=str(case_id), clocks=[_clock_message(each) for each in clocks])
 
+    async def GetInteractionSla(
+        self, request: interaction_pb2.GetInteractionSlaRequest, context: Context
+    ) -> interaction_pb2.InteractionSla:
+        interaction_id = parse_uuid(request.interaction_id, "interaction_id")
+        # NOT_FOUND for an unknown interaction
+        await self.calls(self.app.get_interaction, interaction_id)
+        clocks = await self.calls(self.clocks.clocks_of_interaction, interaction_id)
+        case_id = await self.calls(self.clocks.linked_case_of, interaction_id)
+        return pb.InteractionSla(
+            interaction_id=str(interaction_id),
+            case_id="" if case_id is None else str(case_id),
+            clocks=[_clock_message(each) for each in clocks],
+        )
+
     # --- voice of the customer ---
 
     async def RecordSurveyResponse(

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from crm.v1 import metrics_pb2, metrics_pb2_grpc
+from crmcore.adapters.grpc.access import ServiceAccess, open_service_access
 from crmcore.adapters.grpc.calls import BlockingCalls
 from crmcore.adapters.grpc.server import RunningServer, ServiceBinding, start_server
 from crmcore.application.metrics import (
@@ -52,6 +53,7 @@ class MetricsService:
     servicer: MetricsServicer
     feed: MetricsFeed | None = None
     server: RunningServer | None = None
+    access: ServiceAccess | None = None
     prometheus: asyncio.Server | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: bool = False
@@ -89,6 +91,8 @@ class MetricsService:
             self.feed.stop()
         await _finish(self.tasks, within_s=BUS_STOP_S)
         self.calls.shutdown(wait=True)
+        if self.access is not None:
+            await asyncio.to_thread(self.access.close)
         await asyncio.to_thread(self.projection.close_store)
 
 
@@ -98,6 +102,7 @@ def build(settings: MetricsServiceSettings) -> MetricsService:
         settings.service.persistence,
         time_zone=settings.metrics.time_zone,
         policy=settings.policy(),
+        sla_policies=settings.sla_policies,
     )
     calls = BlockingCalls(settings.service.worker_threads, name="metrics-rpc")
     feed = (
@@ -115,6 +120,7 @@ async def start(settings: MetricsServiceSettings) -> MetricsService:
     """Builds the service and starts serving on `settings.service.address` (port 0: any)."""
     service = await asyncio.to_thread(build, settings)
     try:
+        service.access = await asyncio.to_thread(open_service_access, settings.service)
         service.server = await start_server(
             [
                 ServiceBinding(
@@ -127,6 +133,10 @@ async def start(settings: MetricsServiceSettings) -> MetricsService:
                 )
             ],
             settings.service.address,
+            access=service.access.interceptor,
+            tls=settings.service.tls,
+            max_message_bytes=settings.service.max_message_bytes,
+            health_address=settings.service.health_address,
         )
         address = settings.metrics.prometheus_address
         if address is not None:

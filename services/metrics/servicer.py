@@ -121,7 +121,18 @@ def _member(number: K, members: Mapping[K, V], field: str) -> V:
     return member
 
 
-def _ms_of(stamp: Timestamp) -> int:
+#: Timestamp.seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range a
+#: google.protobuf.Timestamp may hold (and the service can echo back).
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+#: The times a requested period may span (UTC): 1970-01-01 to 2200-01-01.
+_PERIOD_MIN_MS, _PERIOD_MAX_MS = 0, 7_258_118_400_000
+
+
+def _ms_of(stamp: Timestamp, field: str) -> int:
+    if not (_MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS and 0 <= stamp.nanos < 1_000_000_000):
+        raise InvalidValue(field, "not a time between 0001-01-01 and 9999-12-31")
     return stamp.seconds * 1000 + stamp.nanos // 1_000_000
 
 
@@ -137,7 +148,15 @@ def period_ms(
     if kind == "range":
         if not period.range.HasField("start_time") or not period.range.HasField("end_time"):
             raise InvalidValue(f"{field}.range", "needs start_time and end_time")
-        start, end = _ms_of(period.range.start_time), _ms_of(period.range.end_time)
+        start = _ms_of(period.range.start_time, f"{field}.range.start_time")
+        end = _ms_of(period.range.end_time, f"{field}.range.end_time")
+        # Reports reach before and after a period (the previous one for trends, whole local
+        # days): bounded so that those stay representable, and so are the answers.
+        for name, moment in (("start_time", start), ("end_time", end)):
+            if not _PERIOD_MIN_MS <= moment <= _PERIOD_MAX_MS:
+                raise InvalidValue(
+                    f"{field}.range.{name}", "must be between 1970-01-01 and 2200-01-01"
+                )
         if end <= start:
             raise InvalidValue(f"{field}.range.end_time", "must be after start_time")
         return start, end
@@ -225,7 +244,9 @@ def kpi_query(
         group_by=group_by,
         filters=filters_of(list(request.filters)),
         policy=policy_of(request.policy, projection.policy),
-        as_of_ms=_ms_of(request.as_of_time) if request.HasField("as_of_time") else now_ms,
+        as_of_ms=(
+            _ms_of(request.as_of_time, "as_of_time") if request.HasField("as_of_time") else now_ms
+        ),
     )
 
 
@@ -258,6 +279,15 @@ def duration_message(stats: DurationStats) -> metrics_pb2.DurationStats:
     if stats.p90_s is not None:
         message.p90_seconds = stats.p90_s
     return message
+
+
+def sla_message(attainment: kpis.SlaAttainment) -> metrics_pb2.SlaAttainment:
+    return metrics_pb2.SlaAttainment(
+        met=attainment.met,
+        breached=attainment.breached,
+        at_risk=attainment.at_risk,
+        attainment=rate_message(attainment.attainment),
+    )
 
 
 def kpis_message(values: KpiValues) -> metrics_pb2.Kpis:
@@ -299,9 +329,14 @@ def kpis_message(values: KpiValues) -> metrics_pb2.Kpis:
         logged_in_hours=values.logged_in_hours,
         handled_per_logged_in_hour=rate_message(values.handled_per_logged_in_hour),
         handled_per_agent_day=rate_message(values.handled_per_agent_day),
-        first_response_sla=rate_message(values.first_response_sla),
-        resolution_sla=rate_message(values.resolution_sla),
+        first_response_within_calendar_target=rate_message(
+            values.first_response_within_calendar_target
+        ),
+        resolution_within_calendar_target=rate_message(values.resolution_within_calendar_target),
         repeat_contact_rate=rate_message(values.repeat_contact_rate),
+        sla_first_response=sla_message(values.sla_first_response),
+        sla_next_response=sla_message(values.sla_next_response),
+        sla_resolution=sla_message(values.sla_resolution),
     )
     if values.mean_talk_s is not None:
         message.mean_talk_seconds = values.mean_talk_s
@@ -482,7 +517,10 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         min_interval = max(0.1, request.min_interval_seconds or 1.0)
         heartbeat = max(min_interval, request.heartbeat_seconds or 15.0)
         # Checks the request once up front, so a bad one fails before the first update.
-        kpi_query(kpis_request, self.projection, _now_ms())
+        try:
+            kpi_query(kpis_request, self.projection, _now_ms())
+        except InvalidValue as error:  # named as the field of this request
+            raise InvalidValue(f"kpis.{error.field}", error.reason) from None
         notifier = ChangeNotifier(self.projection)
         try:
             while True:
@@ -550,7 +588,18 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
     async def GetStaffing(
         self, request: metrics_pb2.GetStaffingRequest, context: Context
     ) -> metrics_pb2.StaffingPlan:
-        return await self.calls(self._staffing, request)
+        try:
+            return await self.calls(self._staffing, request)
+        except InvalidValue as error:  # the Erlang C model's names → this request's fields
+            forecast = request.HasField("forecast")
+            field = {
+                "contacts": "forecast.contacts",
+                "interval": "forecast.interval_seconds" if forecast else "interval",
+                "handle_seconds": "forecast.handle_seconds" if forecast else "handle_seconds",
+                "target.fraction": "target_fraction",
+                "target.threshold_seconds": "threshold_seconds",
+            }.get(error.field, error.field)
+            raise InvalidValue(field, error.reason) from None
 
     def _reasons(
         self, request: metrics_pb2.GetContactReasonsRequest
@@ -623,8 +672,8 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
                     kpi=given.kpi,
                     baseline=given.baseline,
                     target=given.target,
-                    start_ms=_ms_of(given.start_time),
-                    deadline_ms=_ms_of(given.deadline_time),
+                    start_ms=_ms_of(given.start_time, "target.start_time"),
+                    deadline_ms=_ms_of(given.deadline_time, "target.deadline_time"),
                     window_days=given.window_days or 28,
                     filters={str(key): values for key, values in filters.items()},
                     description=given.description,

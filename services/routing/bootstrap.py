@@ -22,10 +22,12 @@ from typing import Any
 
 from crm.v1 import routing_pb2, routing_pb2_grpc
 from crmcore.adapters.envelope import Envelope
+from crmcore.adapters.grpc.access import ServiceAccess, open_service_access
 from crmcore.adapters.grpc.calls import BlockingCalls
 from crmcore.adapters.grpc.server import RunningServer, ServiceBinding, start_server
 from crmcore.adapters.jetstream import EventConsumer, Handlers
 from crmcore.adapters.relay import OutboxRelay
+from crmcore.application.principal import ROUTING_ENGINE_PRINCIPAL, running_as
 from crmcore.application.routing import RoutingApplication, system_clock
 from crmcore.domain.base import DomainEvent
 from crmcore.domain.interaction import InteractionEvent
@@ -57,6 +59,7 @@ class RoutingService:
     relay: OutboxRelay | None = None
     consumer: EventConsumer | None = None
     server: RunningServer | None = None
+    access: ServiceAccess | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -98,6 +101,8 @@ class RoutingService:
         for detach in self.detach:
             detach()
         self.calls.shutdown(wait=True)
+        if self.access is not None:
+            await asyncio.to_thread(self.access.close)
         await asyncio.to_thread(self.app.shutdown)
 
 
@@ -134,7 +139,7 @@ def build(
 
 def _interaction_handlers(app: RoutingApplication, calls: BlockingCalls) -> Handlers:
     async def route(event: InteractionEvent, envelope: Envelope) -> None:
-        await calls(app.handle_interaction_event, event)
+        await calls(running_as(ROUTING_ENGINE_PRINCIPAL, app.handle_interaction_event), event)
 
     handlers = Handlers()
     for event_class in ROUTED_EVENTS:
@@ -151,6 +156,7 @@ async def start(
     service.detach.append(service.feeds.attach(loop))
     service.detach.append(service.app.add_listener(_after_commit(service, loop)))
     try:
+        service.access = await asyncio.to_thread(open_service_access, settings.service)
         service.server = await start_server(
             [
                 ServiceBinding(
@@ -163,6 +169,10 @@ async def start(
                 )
             ],
             settings.service.address,
+            access=service.access.interceptor,
+            tls=settings.service.tls,
+            max_message_bytes=settings.service.max_message_bytes,
+            health_address=settings.service.health_address,
         )
     except BaseException:
         await service.stop(grace=0)
@@ -212,7 +222,7 @@ async def _clock_loop(service: RoutingService) -> None:
         if service.stopping.is_set():
             return
         try:
-            await service.calls(app.tick)
+            await service.calls(running_as(ROUTING_ENGINE_PRINCIPAL, app.tick))
         except Exception:
             # The store may be down: the engine is rebuilt on the next call; try again later.
             log.exception("routing clock: tick failed")

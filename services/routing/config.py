@@ -7,8 +7,8 @@
   consumes `crm.interaction.>` (work arriving and leaving) and publishes its own events
   (`crm.routing.*`); while NATS is unreachable it keeps serving and catches up when it returns.
 
-The engine's policy (what a priority point is worth in wait, the cooldown after a missed
-offer) keeps its defaults (`RoutingPolicy`); embedded users pass their own.
+- `CRM_ROUTING_PRIORITY_WAIT_S`, `CRM_ROUTING_MISS_COOLDOWN_S`, `CRM_ROUTING_SNAPSHOT_EVERY`:
+  the engine's policy and how often it is snapshotted, see `crmcore.config.RoutingSettings`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ from collections.abc import Mapping
 
 import msgspec
 
-from crmcore.config import BusSettings, ServiceSettings, bus_from_env, service_from_env
+from crmcore.config import (
+    BusSettings,
+    ConfigurationError,
+    ServiceSettings,
+    bus_from_env,
+    routing_from_env,
+    service_from_env,
+)
+from crmcore.domain.errors import InvalidValue
 from crmcore.domain.routing import RoutingPolicy
 
 
@@ -32,6 +40,21 @@ class RoutingServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> RoutingServiceSettings:
     """The routing service's settings from the environment (or the given mapping)."""
+    routing = routing_from_env(environ)
+    try:
+        policy = RoutingPolicy(
+            priority_wait_seconds=routing.priority_wait_s,
+            miss_cooldown_seconds=routing.miss_cooldown_s,
+        )
+    except InvalidValue as error:
+        variable = {
+            "priority_wait_seconds": "CRM_ROUTING_PRIORITY_WAIT_S",
+            "miss_cooldown_seconds": "CRM_ROUTING_MISS_COOLDOWN_S",
+        }.get(error.field, error.field)
+        raise ConfigurationError(f"{variable}: {error.reason}") from None
     return RoutingServiceSettings(
-        service=service_from_env("routing", environ), bus=bus_from_env(environ)
+        service=service_from_env("routing", environ),
+        bus=bus_from_env(environ),
+        policy=policy,
+        snapshot_every=routing.snapshot_every,
     )

@@ -73,7 +73,8 @@ if TYPE_CHECKING:  # the stubs make it generic; at run time it is not subscripta
 
 pb = routing_pb2
 DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1_000
+#: Larger page sizes are lowered to this, as in every service (AIP-158: coerce, do not refuse).
+MAX_PAGE_SIZE = 500
 
 
 def _enum_numbers(domain: type[E], proto_value: Callable[[str], int], prefix: str) -> dict[int, E]:

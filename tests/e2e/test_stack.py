@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-import grpc
 import pytest
 from google.protobuf import json_format
 
 from crm.v1 import metrics_pb2, metrics_pb2_grpc
+from crmcore.adapters.grpc.channels import open_blocking_channel
 from crmcore.adapters.nats_server import free_loopback_port
 from crmcore.cli.demo.report import parse_export, service_level
 from crmcore.cli.demo.scenario import SERVICE_LEVEL_THRESHOLD_S, generate
@@ -136,14 +136,14 @@ def accepts_connections(address: str) -> bool:
         return False
 
 
-def kpis(address: str, request: metrics_pb2.GetKpisRequest) -> metrics_pb2.Kpis:
-    with grpc.insecure_channel(address) as channel:
+def kpis(address: str, token: str, request: metrics_pb2.GetKpisRequest) -> metrics_pb2.Kpis:
+    with open_blocking_channel(address, token=token) as channel:
         report = metrics_pb2_grpc.MetricsServiceStub(channel).GetKpis(request, timeout=30)
     return report.rows[0].kpis
 
 
-def exported(address: str, period: metrics_pb2.Period) -> str:
-    with grpc.insecure_channel(address) as channel:
+def exported(address: str, token: str, period: metrics_pb2.Period) -> str:
+    with open_blocking_channel(address, token=token) as channel:
         stub = metrics_pb2_grpc.MetricsServiceStub(channel)
         chunks = stub.ExportInteractions(
             metrics_pb2.ExportInteractionsRequest(period=period), timeout=60
@@ -159,6 +159,11 @@ class TestTheEmbeddedStack:
         endpoints = json.loads((data_dir / "endpoints.json").read_text())
         pids: dict[str, int] = endpoints["pids"]
         assert set(pids) == {*SERVICES, "nats"}
+        # `crm up` issued an admin token, printed it and wrote it down for its owner only.
+        token_file = data_dir / "admin.token"
+        token = token_file.read_text().strip()
+        assert token in stack.output
+        assert token_file.stat().st_mode & 0o777 == 0o600
 
         demo = subprocess.run(
             [
@@ -202,7 +207,7 @@ class TestTheEmbeddedStack:
 
         # What the demo reported is what the metrics service answers to the same request.
         request = json_format.ParseDict(summary["kpi_request"], metrics_pb2.GetKpisRequest())
-        measured = kpis(endpoints["metrics"], request)
+        measured = kpis(endpoints["metrics"], token, request)
         for name in ("created", "offered", "answered", "abandoned", "handled"):
             assert reported[name] == getattr(measured, name), name
         assert reported["bot_conversations"] == measured.bot_conversations
@@ -215,7 +220,7 @@ class TestTheEmbeddedStack:
 
         # Its service level is the export's waits (× speed) against 20 simulated seconds.
         rows = parse_export(
-            exported(endpoints["metrics"], request.period),
+            exported(endpoints["metrics"], token, request.period),
             summary["demo"]["interaction_ids"],
             lambda moment: 0.0,
             summary["speed"],
@@ -253,7 +258,9 @@ class TestTheEmbeddedStack:
         try:
             again.wait_for("all services SERVING", STARTUP_S)
             deadline = time.monotonic() + 60
-            while kpis(endpoints["metrics"], request).created != measured.created:
+            # The admin token still works: the restarted stack keeps it.
+            assert (data_dir / "admin.token").read_text().strip() == token
+            while kpis(endpoints["metrics"], token, request).created != measured.created:
                 assert time.monotonic() < deadline, "the restarted stack lost the day"
                 time.sleep(0.5)
             assert again.stop() == 0, again.output

@@ -299,11 +299,74 @@ def service_monitor_problems(monitor: Manifest) -> list[str]:
     return problems
 
 
+CERTIFICATE_SPEC_FIELDS = frozenset(
+    {
+        "secretName",
+        "commonName",
+        "dnsNames",
+        "ipAddresses",
+        "uris",
+        "duration",
+        "renewBefore",
+        "isCA",
+        "usages",
+        "privateKey",
+        "issuerRef",
+        "subject",
+        "secretTemplate",
+    }
+)
+KEY_USAGES = frozenset({"server auth", "client auth", "digital signature", "key encipherment"})
+
+
+def certificate_problems(certificate: Manifest) -> list[str]:
+    spec = certificate.get("spec", {})
+    problems = [f"unknown spec field {key!r}" for key in spec if key not in CERTIFICATE_SPEC_FIELDS]
+    if not isinstance(spec.get("secretName"), str) or not spec["secretName"]:
+        problems.append("spec.secretName must name the Secret to write")
+    issuer = spec.get("issuerRef", {})
+    if not issuer.get("name") or issuer.get("kind", "Issuer") not in {"Issuer", "ClusterIssuer"}:
+        problems.append("spec.issuerRef must name an Issuer or ClusterIssuer")
+    if not (spec.get("dnsNames") or spec.get("commonName") or spec.get("isCA")):
+        problems.append("spec needs dnsNames (or a commonName for a CA)")
+    for field in ("duration", "renewBefore"):
+        if field in spec and not DURATION.match(str(spec[field])):
+            problems.append(f"spec.{field} must be a duration")
+    if not set(spec.get("usages", [])) <= KEY_USAGES:
+        problems.append("spec.usages must be key usages cert-manager knows")
+    key = spec.get("privateKey", {})
+    if key.get("algorithm", "RSA") not in {"RSA", "ECDSA", "Ed25519"}:
+        problems.append("spec.privateKey.algorithm must be RSA, ECDSA or Ed25519")
+    return problems
+
+
+def issuer_problems(issuer: Manifest) -> list[str]:
+    spec = issuer.get("spec", {})
+    kinds = [key for key in spec if key in {"selfSigned", "ca", "acme", "vault", "venafi"}]
+    problems = [f"unknown spec field {key!r}" for key in spec if key not in kinds]
+    if len(kinds) != 1:
+        problems.append("spec must configure exactly one issuer type")
+    if "ca" in spec and not spec["ca"].get("secretName"):
+        problems.append("spec.ca.secretName must name the CA's Secret")
+    return problems
+
+
 #: Kinds no built-in schema covers, by (apiVersion, kind), with the check that stands in.
 CUSTOM_RESOURCES: dict[tuple[str, str], Callable[[Manifest], list[str]]] = {
     ("postgresql.cnpg.io/v1", "Cluster"): cnpg_cluster_problems,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): service_monitor_problems,
+    ("cert-manager.io/v1", "Certificate"): certificate_problems,
+    ("cert-manager.io/v1", "Issuer"): issuer_problems,
 }
+
+#: Secrets the operator creates (k8s/README.md, "Secrets"), with the keys the pods read.
+OPERATOR_SECRETS: dict[str, frozenset[str]] = {
+    "crm-nats-credentials": frozenset({"username", "password"}),
+    "crm-cipher-keys": frozenset(SERVICES),
+}
+#: Where the services find their TLS material (mounted Secrets, read-only).
+GRPC_TLS_SECRET = "crm-grpc-tls"
+HEALTH_PORT_NAME = "health"
 
 
 # --- the checks --------------------------------------------------------------------------------
@@ -401,8 +464,13 @@ class TestEachServiceIsWiredConsistently:
         assert address == f"0.0.0.0:{port}"
         ports = {entry["name"]: entry["containerPort"] for entry in container["ports"]}
         assert ports["grpc"] == port
+        # The gRPC port speaks TLS, which kubelet's gRPC probes cannot: they use the plaintext
+        # health-only port that CRM_HEALTH_ADDRESS opens.
+        health = [entry for entry in container["ports"] if entry["name"] == HEALTH_PORT_NAME]
+        (health_port,) = [entry["containerPort"] for entry in health]
+        assert env_of(container)["CRM_HEALTH_ADDRESS"]["value"] == f"0.0.0.0:{health_port}"
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"]["port"] == port, probe
+            assert container[probe]["grpc"]["port"] == health_port, probe
         k8s_service = one(overlay, "Service", f"crm-{service}")
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert matches(k8s_service["spec"]["selector"], pod_labels)
@@ -431,9 +499,16 @@ class TestEachServiceIsWiredConsistently:
         pod = one(overlay, "Deployment", f"crm-{service}")["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
-        mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
-        assert set(mounts) == {"/tmp"}
-        assert "emptyDir" in volumes[mounts["/tmp"]]
+        writable = {
+            mount["mountPath"]: mount["name"]
+            for mount in container["volumeMounts"]
+            if not mount.get("readOnly")
+        }
+        assert set(writable) == {"/tmp"}
+        assert "emptyDir" in volumes[writable["/tmp"]]
+        for mount in container["volumeMounts"]:
+            if mount.get("readOnly"):
+                assert "secret" in volumes[mount["name"]], mount["name"]
         config = one(overlay, "ConfigMap", self.config_map_name(container))
         assert config["data"]["CRM_DATA_DIR"].startswith("/tmp/")
 
@@ -450,7 +525,12 @@ class TestEachServiceIsWiredConsistently:
         generated = {f"{cluster}-app" for cluster in clusters}
         for entry in env_of(container).values():
             reference = entry.get("valueFrom", {}).get("secretKeyRef")
-            if reference is not None:
+            if reference is None:
+                continue
+            if reference["name"] in OPERATOR_SECRETS:
+                assert reference["key"] in OPERATOR_SECRETS[reference["name"]]
+                assert reference["name"] in (K8S / "README.md").read_text()
+            else:
                 assert reference["name"] in generated | set(objects(overlay, "Secret"))
                 assert reference["key"] in {"username", "password"}
         for source in container["envFrom"]:
@@ -502,6 +582,82 @@ class TestEachServiceIsWiredConsistently:
         ]
         assert isinstance(name, str)
         return name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", list(SERVICES))
+class TestTransportSecurity:
+    """gRPC over TLS, PostgreSQL verify-full, NATS credentials, a cipher key per service."""
+
+    @staticmethod
+    def pod_and_config(overlay: str, service: str) -> tuple[Manifest, Manifest, dict[str, str]]:
+        pod = one(overlay, "Deployment", f"crm-{service}")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        name = TestEachServiceIsWiredConsistently.config_map_name(container)
+        return pod, container, one(overlay, "ConfigMap", name)["data"]
+
+    @staticmethod
+    def mounted_secret(pod: Manifest, container: Manifest, path: str) -> tuple[str, Manifest]:
+        """The Secret volume holding the file `path`, and that volume."""
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        (mount,) = [
+            mount
+            for mount in container["volumeMounts"]
+            if path.startswith(mount["mountPath"].rstrip("/") + "/")
+        ]
+        assert mount.get("readOnly") is True
+        secret = volumes[mount["name"]]["secret"]
+        return secret["secretName"], secret
+
+    def test_grpc_is_served_over_tls_from_the_cert_manager_certificate(
+        self, overlay: str, service: str
+    ) -> None:
+        pod, container, config = self.pod_and_config(overlay, service)
+        for key, file in (("CRM_TLS_CERT_FILE", "tls.crt"), ("CRM_TLS_KEY_FILE", "tls.key")):
+            assert config[key].endswith(f"/{file}"), key
+            secret_name, _ = self.mounted_secret(pod, container, config[key])
+            assert secret_name == GRPC_TLS_SECRET
+        certificates = {
+            certificate["spec"]["secretName"]: certificate
+            for certificate in objects(overlay, "Certificate").values()
+        }
+        certificate = certificates[GRPC_TLS_SECRET]["spec"]
+        assert f"crm-{service}" in certificate["dnsNames"]
+        assert certificate["issuerRef"]["name"] in objects(overlay, "Issuer")
+        assert "server auth" in certificate["usages"]
+
+    def test_postgres_is_verified_against_the_clusters_ca(self, overlay: str, service: str) -> None:
+        pod, container, config = self.pod_and_config(overlay, service)
+        assert config["POSTGRES_SSLMODE"] == "verify-full"
+        secret_name, secret = self.mounted_secret(pod, container, config["POSTGRES_SSLROOTCERT"])
+        assert secret_name in {f"{cluster}-ca" for cluster in objects(overlay, "Cluster")}
+        # The operator's CA Secret holds the CA's private key too: only ca.crt is mounted.
+        assert [item["key"] for item in secret["items"]] == ["ca.crt"]
+
+    def test_nats_credentials_and_the_cipher_key_come_from_secrets(
+        self, overlay: str, service: str
+    ) -> None:
+        _, container, _ = self.pod_and_config(overlay, service)
+        env = env_of(container)
+        for key, field in (("NATS_USER", "username"), ("NATS_PASSWORD", "password")):
+            reference = env[key]["valueFrom"]["secretKeyRef"]
+            assert (reference["name"], reference["key"]) == ("crm-nats-credentials", field)
+            assert reference.get("optional") is not True, "NATS requires them"
+        cipher = env["CIPHER_KEY"]["valueFrom"]["secretKeyRef"]
+        assert (cipher["name"], cipher["key"]) == ("crm-cipher-keys", service)
+
+    def test_the_nats_release_requires_the_same_credentials(
+        self, overlay: str, service: str
+    ) -> None:
+        values = nats_values("values.yaml" if overlay == "prod" else "values-dev.yaml")
+        authorization = values["config"]["merge"]["authorization"]
+        assert authorization == {
+            "user": "<< $NATS_USER >>",
+            "password": "<< $NATS_PASSWORD >>",
+        }
+        for variable, field in (("NATS_USER", "username"), ("NATS_PASSWORD", "password")):
+            reference = values["container"]["env"][variable]["valueFrom"]["secretKeyRef"]
+            assert (reference["name"], reference["key"]) == ("crm-nats-credentials", field)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

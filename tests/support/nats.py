@@ -69,9 +69,10 @@ def run_in_thread(make: Callable[[], Awaitable[T]]) -> T:
     return result[0]
 
 
-def start_private_server(store_dir: Path) -> NatsServer:
+def start_private_server(store_dir: Path, config_file: Path | None = None) -> NatsServer:
+    """A private server; `config_file` adds a nats-server configuration (users, TLS, …)."""
     try:
-        return NatsServer(store_dir).start()
+        return NatsServer(store_dir, config_file=config_file).start()
     except NatsServerError as error:
         pytest.fail(f"cannot start a NATS server for the tests: {error}", pytrace=False)
 

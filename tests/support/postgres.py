@@ -19,8 +19,11 @@ These variables are dev tooling read here directly; the product reads its enviro
 `crmcore.config`.
 
 Fixtures: `postgres_server` (session; connection parameters), `postgres_persistence` (a fresh
-database per test, dropped afterwards) and `persistence` (every test once per persistence
-choice: memory, sqlite, postgres).
+database per test, dropped afterwards), `persistence` (every test once per persistence
+choice: memory, sqlite, postgres) and `restartable_postgres` (a private server of the test's
+own that it may halt and resume: `RestartablePostgres`, for outage tests).
+`private_tls_server(cert_file, key_file)` starts a private server of its own with `ssl=on`
+(for the TLS tests).
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ import glob
 import os
 import pwd
 import secrets
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,12 +205,18 @@ def _free_loopback_port() -> int:
 
 
 class _PrivateServer:
-    """A throw-away server in a temporary directory, run by pg_ctl."""
+    """A throw-away server in a temporary directory, run by pg_ctl; with `tls` (certificate
+    and key files) it also accepts TLS connections (`ssl=on`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None, *, crash_safe: bool = False) -> None:
+        """`crash_safe`: commits survive a crash of the server process (synchronous commit
+        on; still no fsync, which only a crash of the machine needs)."""
+        self._tls = tls
+        self._crash_safe = crash_safe
         self._directory: Path | None = None
         self._pg_ctl: Path | None = None
         self._as_user: pwd.struct_passwd | None = None
+        self._controller: subprocess.Popen[str] | None = None
 
     def start(self) -> PostgresServer:
         binaries = _find_binaries()
@@ -240,6 +252,8 @@ class _PrivateServer:
                 "C",
                 "--no-sync",
             )
+            if self._tls is not None:
+                self._install_tls(directory / "data")
             port = self._start_on_free_port(directory)
         except PostgresUnavailable:
             self.stop()
@@ -257,39 +271,126 @@ class _PrivateServer:
             raise PostgresUnavailable(f"started but unreachable: {failure}")
         return server
 
+    def _install_tls(self, data: Path) -> None:
+        # PostgreSQL wants its key private to the user it runs as.
+        for source, name in zip(self._tls or (), ("server.crt", "server.key"), strict=True):
+            target = data / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            if self._as_user is not None:
+                os.chown(target, self._as_user.pw_uid, self._as_user.pw_gid)
+
     def _start_on_free_port(self, directory: Path) -> int:
         # Another process may take the free port before the server binds it: try another.
         failure = PostgresUnavailable("no attempt to start")
         for _ in range(3):
             port = _free_loopback_port()
-            options = (
-                f"-p {port} -c listen_addresses=127.0.0.1"
-                f" -c unix_socket_directories={directory}"
-                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-                " -c max_connections=200"
-            )
             try:
-                self._run(
-                    directory,
-                    str(self._pg_ctl),
-                    "start",
-                    "--pgdata",
-                    str(directory / "data"),
-                    "--log",
-                    str(directory / "server.log"),
-                    "--options",
-                    options,
-                    "--wait",
-                    "--timeout",
-                    str(_START_TIMEOUT_S),
-                )
+                self._start_on(directory, port)
             except PostgresUnavailable as error:
                 failure = error
                 continue
             return port
         raise failure
 
+    def _options(self, directory: Path, port: int) -> str:
+        options = (
+            f"-p {port} -c listen_addresses=127.0.0.1"
+            f" -c unix_socket_directories={directory}"
+            " -c fsync=off -c full_page_writes=off -c max_connections=200"
+        )
+        if not self._crash_safe:
+            options += " -c synchronous_commit=off"
+        if self._tls is not None:
+            options += " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+        return options
+
+    def _start_on(self, directory: Path, port: int) -> None:
+        options = self._options(directory, port)
+        self._run(
+            directory,
+            str(self._pg_ctl),
+            "start",
+            "--pgdata",
+            str(directory / "data"),
+            "--log",
+            str(directory / "server.log"),
+            "--options",
+            options,
+            "--wait",
+            "--timeout",
+            str(_START_TIMEOUT_S),
+        )
+
+    def halt(self) -> None:
+        """Stops the server like a crash (`pg_ctl stop --mode immediate`: every connection
+        cut, no shutdown checkpoint) but keeps its data, for `resume`."""
+        directory = self._directory
+        if directory is None or self._pg_ctl is None:
+            raise PostgresUnavailable("the private server is not started")
+        # SIGQUIT is what `pg_ctl stop --mode immediate` sends; sent directly, because a fork
+        # of a process busy with gRPC calls (a test under load) is not safe.
+        pid_file = directory / "data" / "postmaster.pid"
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while pid_file.exists():
+            if time.monotonic() > deadline:
+                raise PostgresUnavailable(f"the server (pid {pid}) did not stop")
+            time.sleep(0.02)
+
+    def open_controller(self) -> None:
+        """Starts the shell `resume` runs pg_ctl in. Call it before the process gets busy
+        with gRPC calls: forking such a process (which running pg_ctl from it needs) can
+        crash the child, so the fork happens now and `resume` only writes to the shell."""
+        directory = self._directory
+        if directory is None:
+            raise PostgresUnavailable("the private server is not started")
+        user = self._as_user
+        self._controller = subprocess.Popen(
+            ["/bin/sh"],
+            cwd=directory,
+            env={**os.environ, "LC_ALL": "C", "HOME": str(directory)},
+            user=user.pw_uid if user else None,
+            group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def resume(self, port: int) -> None:
+        """Starts a halted server again on its port, with its data (crash recovery first)."""
+        directory = self._directory
+        controller = self._controller
+        if directory is None or controller is None or controller.stdin is None:
+            raise PostgresUnavailable("the private server or its controller is not started")
+        assert controller.stdout is not None
+        options = self._options(directory, port)
+        marker = f"pg-ctl-done-{secrets.token_hex(4)}"
+        command = (
+            f"{shlex.quote(str(self._pg_ctl))} start"
+            f" --pgdata {shlex.quote(str(directory / 'data'))}"
+            f" --log {shlex.quote(str(directory / 'server.log'))} --options {shlex.quote(options)}"
+            f" --wait --timeout {_START_TIMEOUT_S} </dev/null; echo {marker} $?\n"
+        )
+        controller.stdin.write(command)
+        controller.stdin.flush()
+        output: list[str] = []
+        for line in controller.stdout:
+            if line.startswith(marker):
+                if line.split()[-1] != "0":
+                    raise PostgresUnavailable(f"pg_ctl start failed: {' | '.join(output)}")
+                return
+            output.append(line.strip())
+        raise PostgresUnavailable(f"the controller shell ended: {' | '.join(output)}")
+
     def stop(self) -> None:
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            with contextlib.suppress(OSError):
+                controller.communicate("exit\n", timeout=10)
         directory, self._directory = self._directory, None
         if directory is None:
             return
@@ -337,6 +438,57 @@ class _PrivateServer:
             )
 
 
+class RestartablePostgres:
+    """A private server of one caller's own that it may stop and start again (same port,
+    same data): for outage tests and benchmarks. Always private, even when a server is
+    configured (`CRM_TEST_POSTGRES_*`), so stopping it disturbs nobody else.
+
+    Its `halt()` is abrupt (every connection cut, as when the database server crashes);
+    `resume()` starts it again on the same port, after crash recovery. Unlike the throw-away
+    server, commits are synchronous: what it acknowledged survives the crash.
+    """
+
+    def __init__(self) -> None:
+        self._private = _PrivateServer(crash_safe=True)
+        self._server: PostgresServer | None = None
+
+    @property
+    def server(self) -> PostgresServer:
+        if self._server is None:
+            raise PostgresUnavailable("the private server is not started")
+        return self._server
+
+    def start(self) -> PostgresServer:
+        self._server = self._private.start()
+        self._private.open_controller()
+        return self._server
+
+    def halt(self) -> None:
+        self._private.halt()
+
+    def resume(self) -> None:
+        self._private.resume(self.server.port)
+
+    def stop(self) -> None:
+        self._private.stop()
+        self._server = None
+
+
+@contextlib.contextmanager
+def private_tls_server(cert_file: Path, key_file: Path) -> Iterator[PostgresServer]:
+    """A private server of its own accepting TLS with this certificate (always private: the
+    configured server's TLS setup is unknown). Skips (fails on CI) when none can be started."""
+    private = _PrivateServer(tls=(cert_file, key_file))
+    try:
+        server = private.start()
+    except PostgresUnavailable as error:
+        _unavailable(f"private TLS server: {error}")
+    try:
+        yield server
+    finally:
+        private.stop()
+
+
 def _unavailable(reason: str) -> NoReturn:
     """Skips the test, or fails it on CI, where skipping would hide a broken setup."""
     print(f"PostgreSQL unavailable: {reason}", file=sys.stderr)
@@ -356,6 +508,20 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         provider.stop()
+
+
+@pytest.fixture
+def restartable_postgres() -> Iterator[RestartablePostgres]:
+    """A private server of the test's own, which the test may halt and resume (outage tests)."""
+    postgres = RestartablePostgres()
+    try:
+        postgres.start()
+    except PostgresUnavailable as error:
+        _unavailable(f"no private server for an outage test: {error}")
+    try:
+        yield postgres
+    finally:
+        postgres.stop()
 
 
 @pytest.fixture

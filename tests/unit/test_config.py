@@ -15,6 +15,7 @@ from crmcore.config import (
     PersistenceSettings,
     persistence_from_env,
 )
+from services.routing.config import settings_from_env as routing_settings_from_env
 
 
 class TestDefaults:
@@ -45,7 +46,7 @@ class TestKinds:
             ("memory", "eventsourcing.popo"),
             ("sqlite", "eventsourcing.sqlite"),
             (" SQLite ", "eventsourcing.sqlite"),
-            ("postgres", "eventsourcing.postgres"),
+            ("postgres", "crmcore.adapters.postgres:TlsPostgresFactory"),
         ],
     )
     def test_each_kind_selects_its_eventsourcing_module(
@@ -97,7 +98,7 @@ class TestPostgres:
                 "POSTGRES_PORT": "6543",
                 "POSTGRES_USER": "crm_app",
                 "POSTGRES_PASSWORD": "s3cret",
-                "CIPHER_KEY": "a2V5",
+                "CIPHER_KEY": "MDEyMzQ1Njc4OWFiY2RlZg==",
                 "HOME": "/home/someone",
                 "CRM_DATA_DIR": "elsewhere",
             }
@@ -109,7 +110,7 @@ class TestPostgres:
             "POSTGRES_PORT": "6543",
             "POSTGRES_USER": "crm_app",
             "POSTGRES_PASSWORD": "s3cret",
-            "CIPHER_KEY": "a2V5",
+            "CIPHER_KEY": "MDEyMzQ1Njc4OWFiY2RlZg==",
         }
 
     def test_a_prefixed_variable_applies_to_its_application_only(self) -> None:
@@ -169,3 +170,36 @@ class TestSqliteFiles:
         customers = Environment("customers", settings.application_env("customers"))
 
         assert customers.get("SQLITE_DBNAME") == str(tmp_path / "legacy.db")
+
+
+class TestRoutingSettings:
+    def test_defaults_are_the_engine_defaults(self) -> None:
+        settings = routing_settings_from_env({})
+        assert settings.policy.priority_wait_seconds == 60.0
+        assert settings.policy.miss_cooldown_seconds == 10.0
+        assert settings.snapshot_every == 10_000
+
+    def test_environment_sets_the_policy_and_snapshots(self) -> None:
+        settings = routing_settings_from_env(
+            {
+                "CRM_ROUTING_PRIORITY_WAIT_S": "30",
+                "CRM_ROUTING_MISS_COOLDOWN_S": "2.5",
+                "CRM_ROUTING_SNAPSHOT_EVERY": "500",
+            }
+        )
+        assert settings.policy.priority_wait_seconds == 30.0
+        assert settings.policy.miss_cooldown_seconds == 2.5
+        assert settings.snapshot_every == 500
+
+    @pytest.mark.parametrize(
+        ("variable", "value"),
+        [
+            ("CRM_ROUTING_PRIORITY_WAIT_S", "-1"),
+            ("CRM_ROUTING_PRIORITY_WAIT_S", "soon"),
+            ("CRM_ROUTING_MISS_COOLDOWN_S", "1e9"),
+            ("CRM_ROUTING_SNAPSHOT_EVERY", "0"),
+        ],
+    )
+    def test_unusable_values_name_the_variable(self, variable: str, value: str) -> None:
+        with pytest.raises(ConfigurationError, match=variable):
+            routing_settings_from_env({variable: value})

@@ -8,8 +8,9 @@ body and the `Content-Type` header is `application/cloudevents+json`. Attributes
 - `source`: `/crm/<application>`; `type`: `crm.<context>.<event>.v1`; `subject`: the aggregate
   id; `time`: when the event happened (RFC 3339); `datacontenttype`: `application/json`;
 - `data`: the event struct as JSON (its JSON Schema is in the repository's `schemas/` folder);
-- extension attributes: the event's `bus_attributes()` (customer id, VOC category, sentiment…)
-  and `crmversion`, the aggregate version the event produced.
+- extension attributes: the event's `bus_attributes()` (customer id, VOC category, sentiment…),
+  `crmversion`, the aggregate version the event produced, and `actor`, who caused the event
+  (`token:<name>`, `system:<name>`; left out when nobody was identified).
 
 Encoding and decoding use msgspec; `EventRegistry` maps a `type` back to the event class.
 """
@@ -33,6 +34,8 @@ CONTENT_TYPE = "application/cloudevents+json"
 DATA_CONTENT_TYPE = "application/json"
 #: Extension attribute carrying the aggregate version of the event.
 VERSION_ATTRIBUTE = "crmversion"
+#: Extension attribute naming who caused the event (the stored event's `actor`).
+ACTOR_ATTRIBUTE = "actor"
 #: JetStream's de-duplication header.
 MSG_ID_HEADER = "Nats-Msg-Id"
 
@@ -57,6 +60,11 @@ ExtensionValue = str | int | bool
 
 _encoder = msgspec.json.Encoder()
 _wire_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+#: What decoding a message can raise: msgspec's errors, and RecursionError for JSON nested
+#: deeper than the decoder's stack (anyone on the bus can publish `[[[[…]]]]`).
+UNREADABLE: tuple[type[Exception], ...] = (msgspec.DecodeError, RecursionError)
 
 
 class EnvelopeError(ValueError):
@@ -126,6 +134,8 @@ def extension_attributes(event: DomainEvent) -> dict[str, ExtensionValue]:
             _valid_extension_names.add(name)
         attributes[name] = value
     attributes[VERSION_ATTRIBUTE] = event.originator_version
+    if event.actor:
+        attributes[ACTOR_ATTRIBUTE] = event.actor
     return attributes
 
 
@@ -191,11 +201,17 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
         value = self.extensions.get(VERSION_ATTRIBUTE)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
+    @property
+    def actor(self) -> str:
+        """Who caused the event (`actor`): `token:<name>`, `system:<name>`, "" when unknown."""
+        value = self.extensions.get(ACTOR_ATTRIBUTE)
+        return value if isinstance(value, str) else ""
+
     def data_as(self, cls: builtins.type[TEvent]) -> TEvent:
         """The payload decoded (and type-checked) into the event class `cls`."""
         try:
             return msgspec.json.decode(self.data, type=cls)
-        except msgspec.DecodeError as error:
+        except UNREADABLE as error:
             raise EnvelopeError(
                 f"{self.type} {self.id}: data is not a {cls.__name__}: {error}"
             ) from None
@@ -211,7 +227,7 @@ def _field(wire: Mapping[str, msgspec.Raw], name: str, kind: type[Any]) -> Any:
         raise EnvelopeError(f"CloudEvent without {name!r}")
     try:
         return msgspec.json.decode(raw, type=kind)
-    except msgspec.DecodeError as error:
+    except UNREADABLE as error:
         raise EnvelopeError(f"CloudEvent attribute {name!r}: {error}") from None
 
 
@@ -219,7 +235,7 @@ def decode(payload: bytes) -> Envelope:
     """Reads a structured-mode CloudEvent published by this project (or anyone following it)."""
     try:
         wire = _wire_decoder.decode(payload)
-    except msgspec.DecodeError as error:
+    except UNREADABLE as error:
         raise EnvelopeError(f"not a JSON CloudEvent: {error}") from None
     specversion = _field(wire, "specversion", str)
     if specversion != SPECVERSION:

@@ -8,7 +8,11 @@
   into its class, to the handler registered for its type. Handling is idempotent (an event seen
   before is acknowledged without calling the handler again), a failing event is retried with
   back-off and parked after `max_deliver` deliveries (terminated, copied to
-  `crm.parked.<durable>` with a log line), and the consumer survives NATS restarts.
+  `crm.parked.<durable>` with a log line), and the consumer survives NATS restarts. A handler
+  failing because its store cannot be reached (`crmcore.adapters.store_outages`) is not the
+  event's fault: the event is held and retried with back-off (its ack wait extended, no
+  delivery counted) until the store is back, however long that takes; only poison (an
+  undecodable event, a handler's other errors) is parked.
 
 Per-aggregate order holds while handlers succeed; a retried event may arrive after later ones,
 so handlers that care compare `envelope.version` with what they have already applied.
@@ -19,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +56,7 @@ from crmcore.adapters.envelope import (
     decode,
     event_type,
 )
+from crmcore.adapters.store_outages import is_store_unavailable
 from crmcore.config import BusSettings
 from crmcore.domain.base import DomainEvent
 
@@ -95,8 +102,27 @@ async def connect(
     connection breaks, so the caller decides what to redo.
     """
 
+    last_refusal: list[tuple[str, float]] = []
+
     async def log_error(error: Exception) -> None:
-        logger.debug("NATS client %s: %s", name, error)
+        # A server that is down is routine (debug); one refusing our credentials or TLS needs
+        # an operator: a warning, repeated at most every REFUSAL_LOG_EVERY_S while it lasts.
+        if not is_refusal(error):
+            logger.debug("NATS client %s: %s", name, error)
+            return
+        text = f"{type(error).__name__}: {error}"
+        now = time.monotonic()
+        repeated = bool(last_refusal) and last_refusal[0][0] == text
+        if repeated and now - last_refusal[0][1] < REFUSAL_LOG_EVERY_S:
+            return
+        last_refusal[:] = [(text, now)]
+        logger.warning(
+            "NATS at %s refused client %s (%s): check NATS_USER/NATS_PASSWORD, NATS_TOKEN, "
+            "NATS_CREDS_FILE, NATS_NKEY_SEED_FILE and NATS_TLS_*; retrying",
+            settings.url,
+            name,
+            text,
+        )
 
     async def on_disconnected() -> None:
         logger.info("NATS client %s disconnected from %s", name, settings.url)
@@ -123,7 +149,53 @@ async def connect(
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
         closed_cb=closed_cb,
+        **security_options(settings),
     )
+
+
+#: How often a lasting refusal (credentials, TLS) is logged again while the client retries.
+REFUSAL_LOG_EVERY_S = 30.0
+
+_REFUSALS: tuple[type[BaseException], ...] = (
+    nats.errors.AuthorizationError,
+    nats.errors.InvalidUserCredentialsError,
+    nats.errors.SecureConnRequiredError,
+    nats.errors.SecureConnWantedError,
+    nats.errors.SecureConnFailedError,
+    ssl.SSLError,
+)
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Whether `error` means the server refused our credentials or TLS (not "unreachable")."""
+    if isinstance(error, _REFUSALS):
+        return True
+    text = str(error).lower()
+    return "authorization" in text or "authentication" in text
+
+
+def security_options(settings: BusSettings) -> dict[str, Any]:
+    """nats-py's connect options for the configured credentials and TLS (BusSettings).
+
+    TLS: the server's certificate is checked against `tls_ca_file` (else the system's CAs),
+    with a client certificate when one is configured; used whenever the server requires TLS.
+    """
+    options: dict[str, Any] = {}
+    if settings.user is not None:
+        options["user"] = settings.user
+        options["password"] = settings.password
+    if settings.token is not None:
+        options["token"] = settings.token
+    if settings.creds_file is not None:
+        options["user_credentials"] = settings.creds_file
+    if settings.nkey_seed_file is not None:
+        options["nkeys_seed"] = settings.nkey_seed_file
+    if settings.tls:
+        context = ssl.create_default_context(cafile=settings.tls_ca_file)
+        if settings.tls_cert_file is not None:
+            context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        options["tls"] = context
+    return options
 
 
 async def connect_with_retry(
@@ -235,6 +307,10 @@ async def ensure_stream(js: JetStreamContext, settings: BusSettings) -> StreamIn
             wanted.storage = info.config.storage
         if not changed:
             return info
+        # Replicas and placement are the operator's choice (a 3-node cluster keeps 3 copies):
+        # an update that left them out would be read as "1 replica, anywhere".
+        wanted.num_replicas = info.config.num_replicas
+        wanted.placement = info.config.placement
         updated = await js.update_stream(wanted)
         logger.info("updated stream %s: %s", settings.stream, ", ".join(changed))
         return updated
@@ -316,6 +392,8 @@ class ConsumerStats:
     retried: int = 0
     parked: int = 0
     reconnects: int = 0
+    #: Tries of events held while their store was unreachable (not counted as deliveries).
+    held: int = 0
     parked_ids: list[str] = field(default_factory=list)
 
 
@@ -361,6 +439,7 @@ class EventConsumer:
         ack_wait_s: float = 30.0,
         fetch_wait_s: float = 1.0,
         retry_delays_s: Sequence[float] = (0.5, 2.0, 5.0, 15.0),
+        outage_delays_s: Sequence[float] = (0.5, 1.0, 2.0, 5.0),
         start: StartAt | None = None,
     ) -> None:
         if max_deliver < 1:
@@ -377,6 +456,10 @@ class EventConsumer:
         self.ack_wait_s = ack_wait_s
         self.fetch_wait_s = fetch_wait_s
         self.retry_delays_s = tuple(retry_delays_s) or (1.0,)
+        #: Pauses between tries of an event whose store is down (the last one repeats).
+        self.outage_delays_s = tuple(outage_delays_s) or (1.0,)
+        #: The fetched messages not handled yet (their ack wait is extended during an outage).
+        self._in_hand: Sequence[Msg] = ()
         self.start = start or StartAt()
         self.parked_subject = f"{PARKED_PREFIX}.{durable}"
         self.stats = ConsumerStats()
@@ -457,8 +540,10 @@ class EventConsumer:
             except nats.errors.TimeoutError:
                 # Nothing pending (or the server is away and the client reconnecting).
                 continue
-            for message in messages:
+            for index, message in enumerate(messages):
+                self._in_hand = messages[index:]
                 await self._handle(js, message)
+            self._in_hand = ()
 
     async def _handle(self, js: JetStreamContext, message: Msg) -> None:
         if message.subject.startswith(PARKED_PREFIX + ".") and not self._wants_parked:
@@ -487,11 +572,62 @@ class EventConsumer:
         try:
             await handler(event, envelope)
         except Exception as error:
-            await self._failed(js, message, envelope, error)
-            return
+            if not is_store_unavailable(error):
+                await self._failed(js, message, envelope, error)
+                return
+            if not await self._through_outage(js, message, envelope, event, handler, error):
+                return
         await self.processed.add(envelope)
         self.stats.handled += 1
         await message.ack()
+
+    async def _through_outage(
+        self,
+        js: JetStreamContext,
+        message: Msg,
+        envelope: Envelope,
+        event: DomainEvent,
+        handler: Handler,
+        error: Exception,
+    ) -> bool:
+        """Retries the handler while its store is unreachable, with back-off, until it
+        succeeds (True). Not a nak: a delivery would be counted, and after `max_deliver` of
+        them the server would drop a valid event whose effect is then lost. The ack wait of
+        the messages in hand is extended meanwhile. False when the handler failed otherwise
+        (handled as any failure) or the consumer is stopping (the message stays unacked and
+        is delivered again later)."""
+        attempt = 0
+        while True:
+            delay = self.outage_delays_s[min(attempt, len(self.outage_delays_s) - 1)]
+            attempt += 1
+            self.stats.held += 1
+            if attempt == 1 or attempt % 10 == 0:
+                logger.warning(
+                    "consumer %s: store unavailable handling %s %s (try %d), retrying in "
+                    "%.1fs until it is back: %s: %s",
+                    self.durable,
+                    envelope.type,
+                    envelope.id,
+                    attempt,
+                    delay,
+                    type(error).__name__,
+                    error,
+                )
+            for held in self._in_hand or (message,):
+                with contextlib.suppress(*TRANSIENT_ERRORS):
+                    # Keeps the server from redelivering them (and counting it) meanwhile.
+                    await held.in_progress()
+            if await _sleep_unless(self._stopping, delay):
+                return False
+            try:
+                await handler(event, envelope)
+            except Exception as again:
+                if is_store_unavailable(again):
+                    error = again
+                    continue
+                await self._failed(js, message, envelope, again)
+                return False
+            return True
 
     async def _failed(
         self, js: JetStreamContext, message: Msg, envelope: Envelope, error: Exception

@@ -20,6 +20,14 @@ before the events sealed with them. Keys asked for elsewhere (`create_key`, `dat
 coalesced into one transaction by a writer thread. Keys read are cached for `cache_ttl_s`
 seconds; another service instance sharing the database stops using a key it cached at most that
 long after this one destroyed it (this instance stops at once).
+
+Keys handed to another subject (owners). A key made for something whose data subject is not
+known yet (an interaction before the caller is identified) can be handed to the subject once it
+is (`assign_owner`), and a merged customer's key to the survivor; `destroy_owned` then destroys
+the owner's key together with every key handed to it, directly or through keys handed to those.
+A key handed to an owner whose key was destroyed already is destroyed at once. Ownership
+changes and such destructions are serialised (PostgreSQL: a transaction-scoped advisory lock;
+SQLite: its write lock), so a key handed over while its owner is being erased is never missed.
 """
 
 from __future__ import annotations
@@ -49,6 +57,10 @@ DEFAULT_CACHE_SIZE = 100_000
 _MAX_BATCH = 1_000
 #: What `_lookup` returns for a tombstone (a destroyed key).
 _DESTROYED = object()
+#: PostgreSQL advisory lock serialising ownership changes with `destroy_owned`.
+_OWNERS_LOCK = 0x6B65795F6F776E  # "key_own"
+#: Owners looked up per statement while following ownership.
+_OWNERS_CHUNK = 500
 
 
 class KeyDestroyed(Exception):
@@ -179,6 +191,13 @@ class KeyVault:
             f" data_key {bytes_type}"  # NULL once destroyed: the tombstone
             ")"
         )
+        store.create(
+            "CREATE TABLE IF NOT EXISTS key_owners ("
+            " subject TEXT PRIMARY KEY,"
+            " owner TEXT NOT NULL"
+            ")",
+            "CREATE INDEX IF NOT EXISTS key_owners_owner ON key_owners (owner)",
+        )
         if store.dialect == "sqlite":
             with store.transaction() as cursor:
                 # Zero what is deleted or overwritten: a destroyed key leaves no bytes behind.
@@ -201,12 +220,12 @@ class KeyVault:
         if not pending:
             return
         try:
+            # A durable commit (not `synchronous_commit = off`, although the events' commit
+            # would flush it too): once this returns the keys count as stored, and the events
+            # sealed with them may be stored later, after the database crashed and came back
+            # (the event store retries on a lost connection). A key lost in that crash would
+            # leave those events sealed with a key nobody has: unreadable for good.
             with self.store.transaction() as cursor:
-                if self.store.dialect == "postgres":
-                    # No flush of its own: PostgreSQL flushes its log in order, so the commit
-                    # of the events that follows (and that these keys seal) flushes this one
-                    # too. A crash before that loses only keys nothing was sealed with.
-                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
                 stored = self._insert(cursor, [_Creation(s, k) for s, k in pending.items()])
         except BaseException:
             with self._pending_lock:
@@ -257,6 +276,82 @@ class KeyVault:
                 "ON CONFLICT (subject) DO UPDATE SET data_key = NULL",
                 [(str(subject),) for subject in targets],
             )
+
+    # --- owners ---
+
+    def assign_owner(self, subject: UUID, owner: UUID) -> bool:
+        """Hands the key of `subject` to `owner` (replacing an earlier owner), so that
+        `destroy_owned(owner)` destroys it too. When the owner's key was destroyed already,
+        the subject's key (and what was handed to it) is destroyed at once: returns True then."""
+        if subject == owner:
+            return False
+        with self.store.transaction() as cursor:
+            self._serialise_owners(cursor)
+            cursor.execute(
+                "INSERT INTO key_owners (subject, owner) VALUES (?, ?) "
+                "ON CONFLICT (subject) DO UPDATE SET owner = excluded.owner",
+                (str(subject), str(owner)),
+            )
+            cursor.execute("SELECT data_key FROM data_keys WHERE subject = ?", (str(owner),))
+            row = cursor.fetchone()
+            if row is None or row[0] is not None:
+                return False
+            self._destroy_in(cursor, self._owned_closure(cursor, subject))
+            return True
+
+    def owner_of(self, subject: UUID) -> UUID | None:
+        """Whom the subject's key was handed to (None: nobody)."""
+        rows = self.store.query("SELECT owner FROM key_owners WHERE subject = ?", (str(subject),))
+        return UUID(str(rows[0][0])) if rows else None
+
+    def destroy_owned(self, owner: UUID) -> list[UUID]:
+        """Destroys the key of `owner` and every key handed to it, directly or through keys
+        handed to those (leaving tombstones); returns the subjects whose keys it destroyed
+        (the owner first, then the others in order). Safe to repeat."""
+        with self.store.transaction() as cursor:
+            self._serialise_owners(cursor)
+            targets = self._owned_closure(cursor, owner)
+            self._destroy_in(cursor, targets)
+        return targets
+
+    def _serialise_owners(self, cursor: Cursor) -> None:
+        if self.store.dialect == "postgres":
+            cursor.execute("SELECT pg_advisory_xact_lock(?)", (_OWNERS_LOCK,))
+
+    @staticmethod
+    def _owned_closure(cursor: Cursor, owner: UUID) -> list[UUID]:
+        """`owner` and every subject handed to it, transitively (cycles are harmless)."""
+        found: dict[UUID, None] = {owner: None}
+        frontier = [owner]
+        while frontier:
+            handed: list[UUID] = []
+            for start in range(0, len(frontier), _OWNERS_CHUNK):
+                chunk = frontier[start : start + _OWNERS_CHUNK]
+                placeholders = ", ".join("?" for _ in chunk)
+                cursor.execute(
+                    f"SELECT subject FROM key_owners WHERE owner IN ({placeholders}) "
+                    "ORDER BY subject",
+                    [str(each) for each in chunk],
+                )
+                handed += [UUID(str(row[0])) for row in cursor.fetchall()]
+            frontier = [subject for subject in handed if subject not in found]
+            found.update(dict.fromkeys(frontier))
+        return list(found)
+
+    def _destroy_in(self, cursor: Cursor, subjects: list[UUID]) -> None:
+        """`destroy` inside the caller's transaction."""
+        with self._cache_lock:
+            self._destroyed.update(subjects)
+            for subject in subjects:
+                self._cache.pop(subject, None)
+        with self._pending_lock:
+            for subject in subjects:
+                self._pending.pop(subject, None)
+        cursor.executemany(
+            "INSERT INTO data_keys (subject, data_key) VALUES (?, NULL) "
+            "ON CONFLICT (subject) DO UPDATE SET data_key = NULL",
+            [(str(subject),) for subject in subjects],
+        )
 
     # --- sealing ---
 

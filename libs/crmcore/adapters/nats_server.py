@@ -82,9 +82,12 @@ class NatsServer:
         binary: Path | str | None = None,
         name: str | None = None,
         die_with_parent: bool = False,
+        config_file: Path | str | None = None,
     ) -> None:
         """`die_with_parent`: the server gets SIGTERM when the thread that started it dies
-        (Linux), so a killed `crm up` leaves no server behind."""
+        (Linux), so a killed `crm up` leaves no server behind. `config_file`: a nats-server
+        configuration (authorization, TLS, …) read first; the options above still apply."""
+        self.config_file = Path(config_file) if config_file else None
         self.store_dir = Path(store_dir)
         self._die_with_parent = die_with_parent
         self.host = host
@@ -129,6 +132,8 @@ class NatsServer:
             "--log",
             str(self.log_file),
         ]
+        if self.config_file is not None:
+            command[1:1] = ["--config", str(self.config_file)]
         try:
             self._process = subprocess.Popen(
                 command,

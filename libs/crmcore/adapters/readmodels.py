@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal, Protocol
 
 from crmcore.config import PersistenceSettings
@@ -27,12 +27,27 @@ CREATE TABLE IF NOT EXISTS projection_positions (
 )
 """
 
+#: PostgreSQL advisory lock serialising the creation of read-model tables (see `create`).
+_SCHEMA_LOCK = 0x63726D5F736368  # "crm_sch"
+
 
 class Cursor(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None: ...
     def fetchall(self) -> list[Row]: ...
     def fetchone(self) -> Row | None: ...
+
+
+class BulkCursor(Cursor, Protocol):
+    """A PostgreSQL cursor: also loads many rows at once with binary `COPY`."""
+
+    def copy_rows(
+        self,
+        table: str,
+        columns: Sequence[str],
+        types: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+    ) -> None: ...
 
 
 class _SqliteCursor:
@@ -62,6 +77,24 @@ class _PostgresCursor:
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
         self._cursor.executemany(_to_pyformat(sql), [tuple(p) for p in params])
+
+    def copy_rows(
+        self,
+        table: str,
+        columns: Sequence[str],
+        types: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+    ) -> None:
+        """Loads `rows` into `table` with binary `COPY` (`types`: the PostgreSQL type of each
+        column, e.g. "int8", "text", "bytea"): rows are encoded by psycopg's C code, many times
+        faster than parameters of an `INSERT`."""
+        with self._cursor.copy(
+            f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(list(types))
+            write = copy.write_row
+            for row in rows:
+                write(row)
 
     def fetchall(self) -> list[Row]:
         return [tuple(row) for row in self._cursor.fetchall()]
@@ -152,7 +185,11 @@ class SqliteReadModelStore(ReadModelStore):
 class PostgresReadModelStore(ReadModelStore):
     dialect: Dialect = "postgres"
 
-    def __init__(self, conninfo: str, *, schema: str = "", pool_size: int = 4) -> None:
+    def __init__(
+        self, conninfo: str, *, schema: str = "", pool_size: int = 4, wait_s: float = 5.0
+    ) -> None:
+        """`wait_s`: how long a caller waits for a connection before PoolTimeout (which
+        the gRPC services answer as UNAVAILABLE) while the server is unreachable."""
         from psycopg_pool import ConnectionPool
 
         options = f"-c search_path={schema},public" if schema else None
@@ -161,15 +198,44 @@ class PostgresReadModelStore(ReadModelStore):
         if options:
             kwargs["options"] = options
         self._pool = ConnectionPool(
-            conninfo, min_size=1, max_size=pool_size, kwargs=kwargs, open=True
+            conninfo,
+            min_size=1,
+            max_size=pool_size,
+            kwargs=kwargs,
+            open=True,
+            # Not the pool's default 30 s: a server that is down must not hang the caller.
+            timeout=wait_s,
+            # A connection the server dropped (restart, failover) is replaced, not handed out.
+            check=ConnectionPool.check_connection,
         )
+        # Shared with the event store on the same server: while it is down, calls fail at
+        # once (UNAVAILABLE) instead of each waiting `wait_s` (crmcore.adapters.store_outages).
+        from psycopg.conninfo import conninfo_to_dict
+
+        from crmcore.adapters.store_outages import breaker_for
+
+        server = conninfo_to_dict(conninfo)
+        self.breaker = breaker_for(f"{server.get('host')}:{server.get('port')}")
         if schema:
-            with self._pool.connection() as connection:
+            with self._pool.connection() as connection, connection.transaction():
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+    def create(self, *statements: str) -> None:
+        """Creates tables and indexes, one process at a time: `CREATE … IF NOT EXISTS` is not
+        safe against the same creation in another session (both find the table missing, the
+        second fails on a unique index of the catalog), which services started together on
+        a fresh database would meet. A transaction-scoped advisory lock serialises them; the
+        one waiting then finds everything there."""
+        with self.transaction() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+            for statement in (_POSITIONS_TABLE, *statements):
+                cursor.execute(statement)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
         with (
+            self.breaker.guarded(),
             self._pool.connection() as connection,
             connection.transaction(),
             connection.cursor() as cursor,
@@ -177,7 +243,7 @@ class PostgresReadModelStore(ReadModelStore):
             yield _PostgresCursor(cursor)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        with self._pool.connection() as connection:
+        with self.breaker.guarded(), self._pool.connection() as connection:
             rows = connection.execute(_to_pyformat(sql), tuple(params)).fetchall()
         return [tuple(row) for row in rows]
 
@@ -199,6 +265,8 @@ def open_read_model_store(persistence: PersistenceSettings, name: str) -> ReadMo
 
     from psycopg.conninfo import make_conninfo
 
+    from crmcore.adapters.postgres import check_connection, tls_parameters
+
     conninfo = make_conninfo(
         dbname=setting("POSTGRES_DBNAME"),
         host=setting("POSTGRES_HOST", "127.0.0.1"),
@@ -206,9 +274,15 @@ def open_read_model_store(persistence: PersistenceSettings, name: str) -> ReadMo
         user=setting("POSTGRES_USER", "postgres"),
         password=setting("POSTGRES_PASSWORD"),
         connect_timeout=setting("POSTGRES_CONNECT_TIMEOUT", "5"),
+        # The same TLS as the event store's connections (crmcore.adapters.postgres).
+        **tls_parameters(setting),
     )
+    if tls_parameters(setting):
+        # A TLS mistake fails here in libpq's words, not later as a pool timeout.
+        check_connection(conninfo=conninfo)
     return PostgresReadModelStore(
         conninfo,
         schema=setting("POSTGRES_SCHEMA"),
         pool_size=int(setting("POSTGRES_POOL_SIZE", "4")),
+        wait_s=float(setting("POSTGRES_CONNECT_TIMEOUT", "5")),
     )

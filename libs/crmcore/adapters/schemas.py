@@ -19,7 +19,13 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 import msgspec
 
 import crmcore.domain
-from crmcore.adapters.envelope import CONTENT_TYPE, DATA_CONTENT_TYPE, VERSION_ATTRIBUTE, event_type
+from crmcore.adapters.envelope import (
+    ACTOR_ATTRIBUTE,
+    CONTENT_TYPE,
+    DATA_CONTENT_TYPE,
+    VERSION_ATTRIBUTE,
+    event_type,
+)
 from crmcore.domain.base import DomainEvent
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -189,9 +195,17 @@ def envelope_schema() -> dict[str, Any]:
                 "description": "aggregate version this event produced",
             },
             "customerid": {"type": "string", "format": "uuid"},
+            ACTOR_ATTRIBUTE: {
+                **text,
+                "description": "who caused the event: token:<name> or system:<name>",
+            },
             "data": {"type": "object"},
         },
-        "patternProperties": {"^[a-z0-9]{1,20}$": {"type": ["string", "integer", "boolean"]}},
+        # Extension attributes; `data` matches the name pattern too, and every pattern that
+        # matches applies in JSON Schema, so the pattern leaves it out.
+        "patternProperties": {
+            "^(?!data$)[a-z0-9]{1,20}$": {"type": ["string", "integer", "boolean"]}
+        },
         "additionalProperties": False,
     }
 

@@ -6,12 +6,14 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
+import msgspec
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, Mapper
 from eventsourcing.utils import Environment
 
 from crmcore.adapters.mapper import MsgspecMapper
 from crmcore.application.group_commit import GroupCommitWriter
+from crmcore.application.principal import current_principal
 from crmcore.config import PersistenceSettings
 from crmcore.domain.base import Aggregate, DomainEvent
 from crmcore.domain.errors import ConcurrencyConflict, NotFound
@@ -24,6 +26,20 @@ def project(state: Any, events: Iterable[Any]) -> Any:
     for event in events:
         state = event.mutate(state)
     return state
+
+
+def with_actor(events: tuple[DomainEvent, ...]) -> tuple[DomainEvent, ...]:
+    """The events, those without an actor naming the current principal (`actor` of
+    `crmcore.application.principal.current_principal`) — read in the calling thread, before
+    a group-commit writer thread stores them. Without a principal they stay as they are:
+    their actor stays "" (nobody identified)."""
+    principal = current_principal.get()
+    if principal is None:
+        return events
+    actor = principal.actor
+    return tuple(
+        event if event.actor else msgspec.structs.replace(event, actor=actor) for event in events
+    )
 
 
 class CRMApplication(Application[UUID]):
@@ -75,7 +91,10 @@ class CRMApplication(Application[UUID]):
         return state
 
     def record(self, *events: DomainEvent) -> None:
-        """Stores events atomically; a version clash becomes ConcurrencyConflict."""
+        """Stores events atomically; a version clash becomes ConcurrencyConflict.
+
+        Each event without an actor is stored with the current principal's (`with_actor`)."""
+        events = with_actor(events)
         try:
             if self._writer is None:
                 self.save(*events)

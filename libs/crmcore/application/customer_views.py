@@ -20,8 +20,12 @@ customer's data key, so erasing the customer makes them unreadable in the read m
 Titles that only name a channel, reason, score or category (all but a case's subject) are also
 kept in clear, so an erased customer's history still shows what happened, not what was said.
 
-`CustomerViews` bundles both for library users and the gRPC servicer: `list_customers` and
-`customer_view` (profile plus timeline, newest first), with opaque page tokens.
+The timeline projection also records every event it receives, with its actor, in the audit
+log (`crmcore.application.audit`): who did what to which customer, never a personal value.
+
+`CustomerViews` bundles them for library users and the gRPC servicer: `list_customers`,
+`customer_view` (profile plus timeline, newest first) and `customer_audit`, with opaque page
+tokens.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from eventsourcing.utils import get_topic
 
 from crmcore.adapters.keyvault import KeyDestroyed, KeyVault
 from crmcore.adapters.readmodels import Cursor, ReadModelStore, open_read_model_store
+from crmcore.application.audit import INTERACTION_SERVICE, AuditLog, AuditPage, CustomerAudit
 from crmcore.application.customers import CustomerApplication
 from crmcore.application.interactions import InteractionApplication
 from crmcore.application.timeline import CustomerTimeline, TimelineEntry, TimelineKind, _Item
@@ -373,9 +378,14 @@ class TimelineProjection:
     #: Position when following an in-process interaction application (`catch_up`).
     PROJECTION = "customer_timeline"
 
-    def __init__(self, store: ReadModelStore, key_vault: KeyVault) -> None:
+    def __init__(
+        self, store: ReadModelStore, key_vault: KeyVault, *, audit_log: AuditLog | None = None
+    ) -> None:
+        """`audit_log`: where each projected event is also recorded with its actor (the
+        customer's audit trail, `crmcore.application.audit`)."""
         self.store = store
         self.key_vault = key_vault
+        self.audit_log = audit_log
         self._topics = frozenset(get_topic(cls) for cls in timeline_event_classes())
         bytes_type = "BYTEA" if store.dialect == "postgres" else "BLOB"
         store.create(*(sql.format(bytes_type=bytes_type) for sql in _TIMELINE_TABLES))
@@ -454,6 +464,9 @@ class TimelineProjection:
     # --- projection ---
 
     def _apply(self, cursor: Cursor, event: DomainEvent) -> bool:
+        if self.audit_log is not None:
+            # Every event, even one that changes no entry: the audit lists what happened.
+            self.audit_log.record(cursor, event, service=INTERACTION_SERVICE)
         item_id = str(event.originator_id)
         cursor.execute(
             "SELECT item_id, customer_id, kind, status, channel, occurred_at, updated_at, "
@@ -568,7 +581,9 @@ class CustomerViews:
         self._owns_store = store is None
         self.store = store or open_read_model_store(app.persistence, VIEWS_STORE_NAME)
         self.directory = CustomerDirectory(app, self.store)
-        self.timeline = TimelineProjection(self.store, app.key_vault)
+        self.audit_log = AuditLog(self.store)
+        self.timeline = TimelineProjection(self.store, app.key_vault, audit_log=self.audit_log)
+        self.audit = CustomerAudit(app, self.audit_log)
 
     def list_customers(
         self,
@@ -600,6 +615,20 @@ class CustomerViews:
             query_key=customer.id,
         )
         return CustomerView(customer=customer, timeline=entries, next_page_token=next_token)
+
+    def customer_audit(
+        self,
+        customer_id: UUID,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AuditPage:
+        """A page of the customer's audit trail, newest first (`CustomerAudit.page`)."""
+        return self.audit.page(
+            customer_id, page_size=page_size, page_token=page_token, since=since, until=until
+        )
 
     def close_views(self) -> None:
         if self._owns_store:

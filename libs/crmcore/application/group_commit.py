@@ -6,6 +6,10 @@ thread takes every batch of events waiting to be stored and saves them with a si
 `save(*events)`. A batch is all or nothing, so if it meets a conflict (another writer got there
 first, a uniqueness claim is taken) the writer saves each caller's events on their own: each
 caller gets exactly the outcome it would have had alone, and nothing of a refused call is stored.
+
+When a batch fails because the store cannot be reached (`is_store_unavailable`), the calls
+queued behind it fail at once with the same error instead of being tried batch after batch,
+each waiting its own connect timeout: their clients get UNAVAILABLE within their deadlines.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 
 from eventsourcing.persistence import IntegrityError
 
+from crmcore.adapters.store_outages import is_store_unavailable
 from crmcore.domain.base import DomainEvent
 
 SaveFunction = Callable[..., object]
@@ -75,11 +80,14 @@ class GroupCommitWriter:
                     break
                 batch.append(more)
                 size += len(more.events)
-            self._store(batch)
+            outage = self._store(batch)
+            if outage is not None:
+                stop_after = self._fail_waiting(outage) or stop_after
             if stop_after:
                 return
 
-    def _store(self, batch: list[_Pending]) -> None:
+    def _store(self, batch: list[_Pending]) -> BaseException | None:
+        """Stores the batch; returns the error when the store turned out to be unreachable."""
         if len(batch) > 1:
             try:
                 self._save(*(event for pending in batch for event in pending.events))
@@ -88,15 +96,35 @@ class GroupCommitWriter:
             except Exception as error:
                 for pending in batch:
                     pending.done.set_exception(error)
-                return
+                return error if is_store_unavailable(error) else None
             else:
                 for pending in batch:
                     pending.done.set_result(None)
-                return
-        for pending in batch:
+                return None
+        for index, pending in enumerate(batch):
             try:
                 self._save(*pending.events)
             except Exception as error:
                 pending.done.set_exception(error)
+                if is_store_unavailable(error):
+                    for rest in batch[index + 1 :]:
+                        rest.done.set_exception(error)
+                    return error
             else:
                 pending.done.set_result(None)
+        return None
+
+    def _fail_waiting(self, error: BaseException) -> bool:
+        """Fails every call queued while the store was found unreachable with that error, at
+        once: each would otherwise wait for the batches ahead of it to fail one after another
+        (a connect timeout each), past its client's deadline, to learn the same. They were
+        not stored; their callers answer UNAVAILABLE and their clients retry. Returns True
+        when `stop()` was asked for meanwhile."""
+        while True:
+            try:
+                waiting = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if waiting is None:
+                return True
+            waiting.done.set_exception(error)

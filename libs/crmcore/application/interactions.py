@@ -12,14 +12,32 @@ Beyond the commands of the aggregates:
   them with `classify_feedback`. A survey comment can be captured as feedback in the same
   transaction as the response (`capture_comment=True`), and an agent can tag a transcript:
   feedback from a transcript without text takes the customer's public messages;
-- `record_sla_event` stores a case's SLA at-risk or breached event once (the SLA scheduler of
-  `crmcore.application.sla_scheduler` calls it);
+- `record_sla_event` stores a case's SLA at-risk or breached event once, and
+  `record_interaction_sla_event` one of an interaction outside a case (the SLA scheduler of
+  `crmcore.application.sla_scheduler` calls them);
 - `apply_routing_event` records what the routing service decided (offers, acceptances,
   rejections, timeouts, revocations) on the interaction; applying an event twice, or one the
   interaction has moved past, changes nothing.
 
 `group_commit=True` (services under load) lets concurrent calls from many threads share
 transactions (see `crmcore.application.group_commit`).
+
+Personal data is crypto-shredded like the customer service's (`crmcore.adapters.keyvault`):
+the application has its own key vault ("interactions_keys", beside the events), and the mapper
+seals the personal fields of every event (transcripts, notes, resolutions, reasons, case
+subjects, survey comments, feedback texts: see the domain modules) with the key of the
+customer. An interaction opened before the customer is known seals with a key of its own (a
+case without a customer too); identifying the customer, or linking the interaction to a case
+of a customer, hands that key to the customer (`KeyVault.assign_owner`, stored before the
+events). `erase_customer` (the service calls it on `crm.customer.erased`) destroys the
+customer's key and every key handed to it; `merge_customers` (on
+`crm.customer.duplicate_absorbed`) hands a merged customer's keys to the survivor, so erasing
+the survivor reaches them. Afterwards the events read back redacted: texts blanked, times,
+agents, channels, statuses kept, so history and KPIs stay whole. A command that would store
+new personal text for an erased customer is refused (RuleViolation). What the relay publishes
+is always the redacted form (`MsgspecMapper.public_view`): personal text never goes on the bus.
+Limit: text written while an interaction was identified as the wrong customer stays sealed
+with that customer's key after the correction.
 """
 
 from __future__ import annotations
@@ -29,14 +47,24 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
+from eventsourcing.persistence import Mapper
+
+from crmcore.adapters.keyvault import KeyVault, open_key_store
+from crmcore.adapters.mapper import MsgspecMapper, PersonalData, personal_fields_of
 from crmcore.application.base import CRMApplication
 from crmcore.config import PersistenceSettings
 from crmcore.domain import classifier
 from crmcore.domain.base import Aggregate, DomainEvent
-from crmcore.domain.case import DEFAULT_REOPEN_WINDOW, Case, CaseEvent, CasePriority
+from crmcore.domain.case import (
+    DEFAULT_REOPEN_WINDOW,
+    Case,
+    CaseEvent,
+    CaseInteractionLinked,
+    CasePriority,
+)
 from crmcore.domain.errors import AlreadyExists, ConcurrencyConflict, NotFound, RuleViolation
 from crmcore.domain.feedback import (
     Feedback,
@@ -48,6 +76,7 @@ from crmcore.domain.feedback import (
 )
 from crmcore.domain.interaction import (
     AuthorKind,
+    CustomerIdentified,
     DeclineReason,
     Interaction,
     InteractionEvent,
@@ -61,6 +90,8 @@ from crmcore.domain.sla import (
     SlaEventKind,
     SlaMetric,
     SlaRecord,
+    interaction_priority,
+    interaction_sla_record_id,
     mark,
     sla_record_id,
 )
@@ -97,6 +128,8 @@ class InteractionApplication(CRMApplication):
 
     name = "interactions"
     aggregate_kind: ClassVar[str] = "interaction"
+    #: Name of the read-model store holding the data keys (module docstring).
+    KEY_STORE_NAME = "interactions_keys"
 
     def __init__(
         self,
@@ -104,14 +137,51 @@ class InteractionApplication(CRMApplication):
         *,
         group_commit: bool = False,
         state_cache_size: int = 0,
+        key_vault: KeyVault | None = None,
     ) -> None:
         """`state_cache_size` > 0 keeps the latest state of that many aggregates in memory, so
         that a command does not read its aggregate's events back from the store. A state
         another process changed meanwhile is noticed when storing (the version is taken)
         and the command runs once more on the stored state; queries may see such a state
-        late, so the cache suits one writing instance per store (the service's default)."""
-        super().__init__(persistence, group_commit=group_commit)
+        late, so the cache suits one writing instance per store (the service's default).
+
+        `key_vault` holds the data keys sealing personal data (default: a table beside the
+        events, opened from `persistence`)."""
+        settings = persistence or PersistenceSettings.in_memory()
+        self._owns_key_vault = key_vault is None
+        self.key_vault = key_vault or KeyVault(open_key_store(settings, self.KEY_STORE_NAME))
+        super().__init__(settings, group_commit=group_commit)
         self._states = _States(state_cache_size) if state_cache_size > 0 else None
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return MsgspecMapper(
+            compressor=self.factory.compressor(),
+            cipher=self.factory.cipher(),
+            key_vault=self.key_vault,
+        )
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Any]:
+        # Keys made for new interactions and cases are stored before the events they seal,
+        # and keys are handed to the customer before the events saying so (under group
+        # commit this runs once per batch, in the writer).
+        self.key_vault.store_pending()
+        for obj in objs:
+            handed: tuple[UUID, UUID] | None = None
+            if isinstance(obj, CustomerIdentified) and obj.customer_id is not None:
+                handed = (obj.originator_id, obj.customer_id)
+            elif isinstance(obj, CaseInteractionLinked) and obj.customer_id is not None:
+                handed = (obj.interaction_id, obj.customer_id)
+            if handed is not None and self.key_vault.assign_owner(*handed):
+                # Handed to an erased customer: its key is gone, and so must its texts be.
+                self._forget_states()
+        return super().save(*objs, **kwargs)
+
+    def close(self) -> None:
+        """Releases the event store and the key vault (when this application opened it)."""
+        super().close()
+        if self._owns_key_vault:
+            self.key_vault.close_vault()
+            self.key_vault.store.close_store()
 
     def load(self, aggregate_id: UUID, kind: type[TState]) -> TState:
         if self._states is not None:
@@ -124,9 +194,13 @@ class InteractionApplication(CRMApplication):
         return state
 
     def record(self, *events: DomainEvent) -> None:
+        self._refuse_personal_data_of_the_erased(events)
         try:
             super().record(*events)
-        except ConcurrencyConflict:
+        except Exception:
+            # A conflict, or a failure whose outcome is unknown (the database went away
+            # during the commit: the events may be stored after all): the cached states may
+            # be behind the store, so they are read from it next time.
             if self._states is not None:
                 self._states.forget(event.originator_id for event in events)
             raise
@@ -156,6 +230,9 @@ class InteractionApplication(CRMApplication):
         if earlier is not None:
             return self.get_interaction(earlier)
         interaction_id = uuid4()
+        if customer_id is None:
+            # Seals what is said before the caller is known; handed to them when identified.
+            self.key_vault.new_key(interaction_id)
         opened = Interaction.open(
             interaction_id=interaction_id,
             channel=channel,
@@ -400,6 +477,8 @@ class InteractionApplication(CRMApplication):
                 (each.customer_id for each in interactions if each.customer_id is not None), None
             )
         case_id = uuid4()
+        if customer_id is None:
+            self.key_vault.new_key(case_id)  # seals the subject of a case nobody owns
         opened = Case.open(
             case_id=case_id,
             subject=subject,
@@ -646,43 +725,131 @@ class InteractionApplication(CRMApplication):
     ) -> SlaEvent | None:
         """Stores a case's SLA at-risk or breached event, at most once per metric, cycle and
         kind; None (and nothing stored) when the case already had it."""
-        when = _when(at)
-        checked_kind = SlaEventKind(kind)
-        checked_metric = SlaMetric(metric)
         case = self.get_case(case_id)
-        for _ in range(3):
-            record = self.get_sla_record(case_id)
-            if record is not None and record.has(checked_metric, cycle, checked_kind):
-                return None
-            event = mark(
-                record,
+        return self._record_sla_mark(
+            sla_record_id(case_id),
+            f"case {case_id}",
+            dict(
                 case_id=case_id,
-                kind=checked_kind,
-                metric=checked_metric,
+                customer_id=case.customer_id,
+                channel=case.channel,
+                priority=case.priority,
+                kind=SlaEventKind(kind),
+                metric=SlaMetric(metric),
                 cycle=cycle,
                 policy=policy,
                 target=target,
                 started_at=started_at,
                 due_at=due_at,
                 at_risk_at=at_risk_at,
-                customer_id=case.customer_id,
-                channel=case.channel,
-                priority=case.priority,
-                at=when,
-            )
+                at=_when(at),
+            ),
+        )
+
+    def record_interaction_sla_event(
+        self,
+        interaction_id: UUID,
+        *,
+        kind: str,
+        metric: str,
+        cycle: int,
+        policy: str,
+        target: timedelta,
+        started_at: datetime,
+        due_at: datetime,
+        at_risk_at: datetime | None = None,
+        at: datetime | None = None,
+    ) -> SlaEvent | None:
+        """Stores the SLA at-risk or breached event of an interaction outside a case (the
+        event's `case_id` is None), at most once per metric, cycle and kind; None (and nothing
+        stored) when it had it already. Its priority is `interaction_priority` of its routing
+        priority now."""
+        interaction = self.get_interaction(interaction_id)
+        return self._record_sla_mark(
+            interaction_sla_record_id(interaction_id),
+            f"interaction {interaction_id}",
+            dict(
+                interaction_id=interaction_id,
+                customer_id=interaction.customer_id,
+                channel=interaction.channel,
+                priority=interaction_priority(interaction.requirements.priority),
+                kind=SlaEventKind(kind),
+                metric=SlaMetric(metric),
+                cycle=cycle,
+                policy=policy,
+                target=target,
+                started_at=started_at,
+                due_at=due_at,
+                at_risk_at=at_risk_at,
+                at=_when(at),
+            ),
+        )
+
+    def _record_sla_mark(
+        self, record_id: UUID, whose: str, facts: dict[str, Any]
+    ) -> SlaEvent | None:
+        metric, cycle, kind = facts["metric"], facts["cycle"], facts["kind"]
+        for _ in range(3):
+            record = self._sla_record(record_id)
+            if record is not None and record.has(metric, cycle, kind):
+                return None
+            event = mark(record, **facts)
             try:
                 self.record(event)
             except ConcurrencyConflict:
-                continue  # another scheduler marked the case: look again
+                continue  # another scheduler marked it: look again
             return event
-        raise ConcurrencyConflict(f"the SLA record of case {case_id} keeps changing")
+        raise ConcurrencyConflict(f"the SLA record of {whose} keeps changing")
 
     def get_sla_record(self, case_id: UUID) -> SlaRecord | None:
         """The SLA events a case has had (None: none yet)."""
+        return self._sla_record(sla_record_id(case_id))
+
+    def get_interaction_sla_record(self, interaction_id: UUID) -> SlaRecord | None:
+        """The SLA events an interaction outside a case has had (None: none yet)."""
+        return self._sla_record(interaction_sla_record_id(interaction_id))
+
+    def _sla_record(self, record_id: UUID) -> SlaRecord | None:
         try:
-            return self.load(sla_record_id(case_id), SlaRecord)
+            return self.load(record_id, SlaRecord)
         except NotFound:
             return None
+
+    # --- erasure ----------------------------------------------------------------------------
+
+    def erase_customer(self, customer_id: UUID) -> list[UUID]:
+        """Crypto-shreds the customer's personal data here: destroys its key and every key
+        handed to it (its anonymous interactions once identified, the customers merged into
+        it); returns whose keys were destroyed. Safe to repeat (a redelivered erasure)."""
+        destroyed = self.key_vault.destroy_owned(customer_id)
+        self._forget_states()
+        return destroyed
+
+    def _forget_states(self) -> None:
+        if self._states is not None:
+            self._states.clear()  # cached states still hold the texts in clear
+
+    def merge_customers(
+        self, duplicate_id: UUID, survivor_id: UUID, merged_ids: Sequence[UUID] = ()
+    ) -> None:
+        """The duplicate (and the customers merged into it before) now live on as the
+        survivor: their keys are handed to it, so erasing the survivor reaches them."""
+        for subject in (duplicate_id, *merged_ids):
+            self.key_vault.assign_owner(subject, survivor_id)
+
+    def _refuse_personal_data_of_the_erased(self, events: Sequence[DomainEvent]) -> None:
+        """RuleViolation before storing personal text under a destroyed key (the customer was
+        erased): checked per caller, so one refused command does not fail a shared batch."""
+        for event in events:
+            personal = personal_fields_of(type(event))
+            if not personal or all(getattr(event, name) is None for name in personal):
+                continue
+            subject = cast(PersonalData, event).personal_data_subject()
+            if self.key_vault.is_destroyed(subject):
+                raise RuleViolation(
+                    f"the personal data of {subject} was erased: nothing personal can be "
+                    "recorded for it any more"
+                )
 
     # --- routing decisions ------------------------------------------------------------------
 
@@ -861,6 +1028,10 @@ class _States:
                     self._keep(event.mutate(current))
                 else:
                     self._states.pop(event.originator_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._states.clear()
 
     def forget(self, aggregate_ids: Iterable[UUID]) -> None:
         with self._lock:

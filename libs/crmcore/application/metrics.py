@@ -5,10 +5,14 @@ What is kept (tables in the metrics read-model store, `crmcore.adapters.readmode
 - Fact tables, one row per thing: `metrics_interactions` (the per-interaction fact table:
   times, waits, agent segments, outcome), `metrics_cases`, `metrics_agents`, `metrics_queues`,
   `metrics_surveys`, `metrics_feedback`, `metrics_customers` (+ their active spans).
-- Interval buckets: `metrics_buckets` (additive counters, `kpis.COUNTERS`) and
-  `metrics_histograms` (mergeable duration histograms) per 15-minute interval and per local
-  day, and per dimension combination (channel, queue, team, agent, contact reason;
-  `metrics_dims`). An hour, week or month is a sum of them.
+- Interval buckets: `metrics_buckets`, additive counters (`kpis.COUNTERS`) and the mergeable
+  duration histograms (one JSON object `{"<histogram>:<bin>": count}` per row, merged by adding
+  counts) per 15-minute interval and per local day, and per dimension combination (channel,
+  queue, team, agent, contact reason; `metrics_dims`). An hour, week or month is a sum of them.
+- `metrics_sla`: one row per SLA clock of a case, met or breached (from the interaction
+  service's SLA events) and when; and one per clock of an interaction outside a case that an
+  SLA event spoke of or whose next response was met (the same rows however the events were
+  batched).
 - `metrics_topics`: feedback topics per local day (rising topics).
 - `metrics_targets`: KPI targets with deadlines. They are configuration of this service, not
   facts of the event history, so they are a plain table that `reset()` (rebuild) keeps.
@@ -20,9 +24,13 @@ are changed in memory; each interaction's bucket contribution is recomputed from
 only the difference to what it contributed before is written (so a contact reason set at the
 end moves all its counts, a reopen takes back an FCR…). Agent time and survey answers are
 append-only deltas. Everything, with the new position, is written in ONE transaction (additive
-upserts: `executemany` on SQLite, one `unnest` statement per table on PostgreSQL): a crash or
-redelivery never counts anything twice. The cyclic garbage collector is paused while a batch is
-built (it would otherwise walk every cached fact again and again).
+upserts: `executemany` on SQLite; on PostgreSQL binary `COPY` into a staging table and one
+merge statement per table): a crash or redelivery never counts anything twice. Inside
+`pipelined()` a writer thread commits each batch while the next is built (measured on two
+shared cores it did not pay off: the writer competes for the interpreter lock; so the feed,
+the rebuild and the benchmark apply batches synchronously).
+The cyclic garbage collector is paused while a batch is built (it would otherwise walk every
+cached fact again and again).
 
 Attribution (which interval a count belongs to):
 - queue outcomes (offered, answered, abandoned, waits, service level): the interval of the
@@ -50,13 +58,15 @@ import enum
 import gc
 import io
 import logging
+import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from operator import add
+from typing import Any, TypeVar, cast
 
 import msgspec
 import nats.errors
@@ -66,6 +76,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from crmcore.adapters.envelope import UNREADABLE
 from crmcore.adapters.jetstream import (
     PARKED_PREFIX,
     TRANSIENT_ERRORS,
@@ -73,7 +84,7 @@ from crmcore.adapters.jetstream import (
     connect_with_retry,
     ensure_stream,
 )
-from crmcore.adapters.readmodels import Cursor, ReadModelStore
+from crmcore.adapters.readmodels import BulkCursor, Cursor, ReadModelStore
 from crmcore.config import BusSettings, PersistenceSettings
 from crmcore.domain import kpis
 from crmcore.domain.agent import (
@@ -94,8 +105,10 @@ from crmcore.domain.case import (
     CaseFirstResponded,
     CaseInteractionLinked,
     CaseOpened,
+    CasePriority,
     CaseReopened,
     CaseSolved,
+    CaseStatus,
 )
 from crmcore.domain.customer import (
     CustomerEvent,
@@ -109,6 +122,7 @@ from crmcore.domain.feedback import FeedbackEvent, SurveyAnswered, SurveyKind
 from crmcore.domain.interaction import (
     Abandoned,
     Answered,
+    AuthorKind,
     BotContained,
     Closed,
     Escalated,
@@ -136,6 +150,16 @@ from crmcore.domain.kpis import (
     Tally,
 )
 from crmcore.domain.queue import QueueArchived, QueueCreated, QueueEvent, QueueUpdated
+from crmcore.domain.sla import (
+    DEFAULT_POLICIES,
+    SlaAtRisk,
+    SlaBreached,
+    SlaEvent,
+    SlaMetric,
+    SlaPolicies,
+    interaction_priority,
+)
+from crmcore.domain.values import Channel
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +216,7 @@ _CACHE_LIMIT = 50_000
 _IN_CHUNK = 500
 
 Dims = tuple[str, str, str, str, str]
+_T = TypeVar("_T")
 
 
 class ReadModelMismatch(RuntimeError):
@@ -308,6 +333,13 @@ class InteractionFact(msgspec.Struct, array_like=True, kw_only=True):
     closed_ms: int | None = None
     contained_ms: int | None = None
     handed_off_ms: int | None = None
+    #: the routing priority it waited with (the SLA policy of an interaction in no case)
+    routing_priority: int = 0
+    #: next-response waits started (outside a case; the cycle of the newest), when the one
+    #: waiting began, and (cycle, when met) of each met one
+    next_cycles: int = 0
+    next_waiting_ms: int | None = None
+    next_met: list[tuple[int, int]] = msgspec.field(default_factory=list)
     transfers: int = 0
     escalations: int = 0
     reopens: int = 0
@@ -321,6 +353,34 @@ class InteractionFact(msgspec.Struct, array_like=True, kw_only=True):
 
     def handle_ms(self) -> int:
         return sum(s.durations()[0] for s in self.segments if s.end_ms is not None)
+
+
+class SlaClockFact(msgspec.Struct, array_like=True, kw_only=True):
+    """One SLA clock of a case as the metrics count it: started and met or stopped as the
+    case's events say (the same clocks as `crmcore.application.sla_scheduler`), breached or at
+    risk as the interaction service's SLA events say (it alone knows the deadlines, which run
+    in business hours)."""
+
+    metric: str
+    cycle: int
+    started_ms: int
+    #: running, met or stopped
+    state: str = "running"
+    #: when it was met or stopped
+    ended_ms: int | None = None
+    #: the deadline of its `SlaBreached` event
+    breached_due_ms: int | None = None
+    at_risk: bool = False
+
+
+_INBOUND = "inbound"
+_SUBJECT_CASE = "case"
+_SUBJECT_INTERACTION = "interaction"
+_AT_RISK = "at_risk"
+_RUNNING = "running"
+_MET = "met"
+_STOPPED = "stopped"
+_BREACHED = "breached"
 
 
 class CaseFact(msgspec.Struct, array_like=True, kw_only=True):
@@ -338,6 +398,18 @@ class CaseFact(msgspec.Struct, array_like=True, kw_only=True):
     closed_ms: int | None = None
     reopens: int = 0
     reopened_ms: int | None = None
+    priority: str = CasePriority.NORMAL.value
+    #: the channel its SLA policy is chosen by: given when opened, else its first interaction's
+    channel: str = ""
+    #: next-response waits started so far (the cycle of the newest)
+    next_cycles: int = 0
+    clocks: list[SlaClockFact] = msgspec.field(default_factory=list)
+
+    def clock(self, metric: str, cycle: int) -> SlaClockFact | None:
+        for clock in self.clocks:
+            if clock.metric == metric and clock.cycle == cycle:
+                return clock
+        return None
 
 
 class AgentFact(msgspec.Struct, array_like=True, kw_only=True):
@@ -405,12 +477,8 @@ def _schema(dialect: str) -> tuple[str, ...]:
         f"""CREATE TABLE IF NOT EXISTS metrics_buckets (
     grain SMALLINT NOT NULL, start_ms BIGINT NOT NULL, dims INTEGER NOT NULL,
 {counters},
+    histograms TEXT NOT NULL,
     PRIMARY KEY (grain, start_ms, dims)
-)""",
-        """CREATE TABLE IF NOT EXISTS metrics_histograms (
-    grain SMALLINT NOT NULL, start_ms BIGINT NOT NULL, dims INTEGER NOT NULL,
-    histogram SMALLINT NOT NULL, bin INTEGER NOT NULL, count BIGINT NOT NULL,
-    PRIMARY KEY (grain, start_ms, dims, histogram, bin)
 )""",
         f"""CREATE TABLE IF NOT EXISTS metrics_interactions (
     id TEXT PRIMARY KEY, version INTEGER NOT NULL, customer_id TEXT NOT NULL,
@@ -423,6 +491,7 @@ def _schema(dialect: str) -> tuple[str, ...]:
     resolution_agents INTEGER NOT NULL, reopened_ms BIGINT,
     contained_ms BIGINT, handed_off_ms BIGINT, transfers INTEGER NOT NULL,
     escalations INTEGER NOT NULL, reopens INTEGER NOT NULL, handle_ms BIGINT NOT NULL,
+    routing_priority INTEGER NOT NULL,
     fact {blob} NOT NULL
 )""",
         "CREATE INDEX IF NOT EXISTS metrics_interactions_customer "
@@ -468,6 +537,13 @@ def _schema(dialect: str) -> tuple[str, ...]:
     customer_id TEXT NOT NULL, active_from_ms BIGINT NOT NULL, active_until_ms BIGINT,
     PRIMARY KEY (customer_id, active_from_ms)
 )""",
+        """CREATE TABLE IF NOT EXISTS metrics_sla (
+    subject_id TEXT NOT NULL, metric TEXT NOT NULL, cycle INTEGER NOT NULL,
+    subject TEXT NOT NULL, outcome TEXT NOT NULL, decided_ms BIGINT, at_risk SMALLINT NOT NULL,
+    channel TEXT NOT NULL, priority TEXT NOT NULL,
+    PRIMARY KEY (subject_id, metric, cycle)
+)""",
+        "CREATE INDEX IF NOT EXISTS metrics_sla_decided ON metrics_sla (decided_ms)",
         """CREATE TABLE IF NOT EXISTS metrics_targets (
     id TEXT PRIMARY KEY, kpi TEXT NOT NULL, baseline DOUBLE PRECISION NOT NULL,
     target DOUBLE PRECISION NOT NULL, start_ms BIGINT NOT NULL, deadline_ms BIGINT NOT NULL,
@@ -477,11 +553,16 @@ def _schema(dialect: str) -> tuple[str, ...]:
     )
 
 
+#: Names the layout of the tables below; a store built with another one must be rebuilt.
+#: v1: histograms in a table of their own; v2: in the bucket rows, SLA clocks.
+TABLES_LAYOUT = "v2"
+#: Tables of earlier layouts, dropped by a rebuild.
+_RETIRED_TABLES = ("metrics_histograms",)
+
 #: Tables `reset()` empties (everything derived from events; targets stay).
 PROJECTED_TABLES = (
     "metrics_dims",
     "metrics_buckets",
-    "metrics_histograms",
     "metrics_interactions",
     "metrics_cases",
     "metrics_agents",
@@ -491,30 +572,63 @@ PROJECTED_TABLES = (
     "metrics_topics",
     "metrics_customers",
     "metrics_customer_spans",
+    "metrics_sla",
 )
+
+
+_COPY_TYPES = {
+    "smallint": "int2",
+    "integer": "int4",
+    "bigint": "int8",
+    "text": "text",
+    "bytea": "bytea",
+}
 
 
 class _Upsert:
     """`INSERT … ON CONFLICT …` of many rows, the fast way on each engine.
 
     SQLite: `executemany` of a one-row statement (prepared once, no round trips). PostgreSQL:
-    one statement per batch whose rows come from `unnest` of one array per column, so the
-    server plans one small statement instead of running one per row. The rows of one call
-    must have distinct keys (a batch's have)."""
+    the rows are loaded with binary `COPY` into a session-private staging table (emptied at
+    every commit), then merged by ONE `INSERT … SELECT … ON CONFLICT` statement, inside the
+    caller's transaction. The rows of one call must have distinct keys (a batch's have)."""
 
-    def __init__(self, table: str, columns: Sequence[tuple[str, str]], conflict: str) -> None:
+    def __init__(
+        self,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        conflict: str,
+        *,
+        postgres_conflict: str | None = None,
+        staging: str | None = None,
+    ) -> None:
         names = ", ".join(name for name, _ in columns)
         self.sqlite = (
             f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {conflict}"
         )
-        arrays = ", ".join(f"?::{kind}[]" for _, kind in columns)
-        self.postgres = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) {conflict}"
+        # Upserts of one table with different conflict rules need staging tables of their
+        # own: the rows stay staged until the commit, and a second merge of the same staging
+        # table would merge the first one's rows again by the second one's rule.
+        self.staging = f"stage_{staging or table}"
+        self.columns = tuple(name for name, _ in columns)
+        self.types = tuple(_COPY_TYPES[kind] for _, kind in columns)
+        self.create_staging = (
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.staging} "
+            f"({', '.join(f'{name} {kind}' for name, kind in columns)}) ON COMMIT DELETE ROWS"
+        )
+        self.merge = (
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM {self.staging} "
+            f"{postgres_conflict or conflict}"
+        )
 
     def run(self, cursor: Cursor, rows: Sequence[Sequence[object]], dialect: str) -> None:
         if not rows:
             return
         if dialect == "postgres":
-            cursor.execute(self.postgres, [list(column) for column in zip(*rows, strict=True)])
+            bulk = cast(BulkCursor, cursor)
+            bulk.execute(self.create_staging)
+            bulk.copy_rows(self.staging, self.columns, self.types, rows)
+            bulk.execute(self.merge)
         else:
             cursor.executemany(self.sqlite, rows)
 
@@ -532,21 +646,41 @@ def _replacing(table: str, spec: str) -> _Upsert:
     return _Upsert(table, columns, f"ON CONFLICT (id) DO UPDATE SET {updates}")
 
 
+#: The histograms of a bucket row merged with a delta: counts of the same bin added, bins
+#: that reach 0 dropped (SQLite's JSON functions; PostgreSQL's jsonb ones).
+_MERGED_HISTOGRAMS = {
+    "sqlite": "(SELECT COALESCE(json_group_object(k, v), '{}') FROM (SELECT k, SUM(v) AS v "
+    "FROM (SELECT key AS k, value AS v FROM json_each(metrics_buckets.histograms) "
+    "UNION ALL SELECT key, value FROM json_each(excluded.histograms)) GROUP BY k "
+    "HAVING SUM(v) <> 0))",
+    "postgres": "(SELECT COALESCE(jsonb_object_agg(k, v), '{}'::jsonb)::text FROM "
+    "(SELECT k, SUM(v) AS v FROM (SELECT key AS k, value::bigint AS v "
+    "FROM jsonb_each_text(metrics_buckets.histograms::jsonb) UNION ALL SELECT key, "
+    "value::bigint FROM jsonb_each_text(excluded.histograms::jsonb)) AS parts GROUP BY k "
+    "HAVING SUM(v) <> 0) AS merged)",
+}
+
+
+def _bucket_conflict(dialect: str) -> str:
+    counters = ", ".join(f"{name} = metrics_buckets.{name} + excluded.{name}" for name in COUNTERS)
+    return (
+        f"ON CONFLICT (grain, start_ms, dims) DO UPDATE SET {counters}, histograms = CASE "
+        "WHEN excluded.histograms = '{}' THEN metrics_buckets.histograms "
+        "WHEN metrics_buckets.histograms = '{}' THEN excluded.histograms "
+        f"ELSE {_MERGED_HISTOGRAMS[dialect]} END"
+    )
+
+
+_BUCKET_COLUMNS = (
+    _columns("grain smallint, start_ms bigint, dims integer")
+    + [(name, "bigint") for name in COUNTERS]
+    + [("histograms", "text")]
+)
 _BUCKET_UPSERT = _Upsert(
     "metrics_buckets",
-    _columns("grain smallint, start_ms bigint, dims integer")
-    + [(name, "bigint") for name in COUNTERS],
-    "ON CONFLICT (grain, start_ms, dims) DO UPDATE SET "
-    + ", ".join(f"{name} = metrics_buckets.{name} + excluded.{name}" for name in COUNTERS),
-)
-_HISTOGRAM_UPSERT = _Upsert(
-    "metrics_histograms",
-    _columns(
-        "grain smallint, start_ms bigint, dims integer, histogram smallint, bin integer, "
-        "count bigint"
-    ),
-    "ON CONFLICT (grain, start_ms, dims, histogram, bin) "
-    "DO UPDATE SET count = metrics_histograms.count + excluded.count",
+    _BUCKET_COLUMNS,
+    _bucket_conflict("sqlite"),
+    postgres_conflict=_bucket_conflict("postgres"),
 )
 _INTERACTION_UPSERT = _replacing(
     "metrics_interactions",
@@ -557,7 +691,7 @@ _INTERACTION_UPSERT = _replacing(
     "first_resolved_ms bigint, resolved_ms bigint, closed_ms bigint, "
     "resolution_agents integer, reopened_ms bigint, contained_ms bigint, "
     "handed_off_ms bigint, transfers integer, escalations integer, reopens integer, "
-    "handle_ms bigint, fact bytea",
+    "handle_ms bigint, routing_priority integer, fact bytea",
 )
 _CASE_UPSERT = _replacing(
     "metrics_cases",
@@ -574,6 +708,43 @@ _TOPIC_UPSERT = _Upsert(
     _columns("day_ms bigint, topic text, mentions bigint"),
     "ON CONFLICT (day_ms, topic) DO UPDATE SET "
     "mentions = metrics_topics.mentions + excluded.mentions",
+)
+_SLA_COLUMNS = _columns(
+    "subject_id text, metric text, cycle integer, subject text, outcome text, "
+    "decided_ms bigint, at_risk smallint, channel text, priority text"
+)
+#: The clocks of cases: the case fact says everything, so its rows replace what was there.
+_SLA_UPSERT = _Upsert(
+    "metrics_sla",
+    _SLA_COLUMNS,
+    "ON CONFLICT (subject_id, metric, cycle) DO UPDATE SET outcome = excluded.outcome, "
+    "decided_ms = excluded.decided_ms, at_risk = excluded.at_risk, channel = excluded.channel, "
+    "priority = excluded.priority",
+)
+#: The clocks of interactions outside a case (their SLA events, their met next responses):
+#: merged, breached over met over at risk, each outcome with its own time.
+_SLA_MERGE = (
+    "ON CONFLICT (subject_id, metric, cycle) DO UPDATE SET "
+    f"outcome = CASE WHEN '{_BREACHED}' IN (excluded.outcome, metrics_sla.outcome) "
+    f"THEN '{_BREACHED}' WHEN '{_MET}' IN (excluded.outcome, metrics_sla.outcome) "
+    f"THEN '{_MET}' ELSE excluded.outcome END, "
+    f"decided_ms = CASE WHEN metrics_sla.outcome = '{_BREACHED}' THEN metrics_sla.decided_ms "
+    f"WHEN excluded.outcome IN ('{_BREACHED}', '{_MET}') THEN excluded.decided_ms "
+    "ELSE metrics_sla.decided_ms END, "
+    "at_risk = CASE WHEN excluded.at_risk > metrics_sla.at_risk THEN excluded.at_risk "
+    "ELSE metrics_sla.at_risk END"
+)
+#: Clocks only SLA events spoke of in the batch: channel and priority as the first SLA event
+#: of the clock gave them (its interaction may be unknown to this batch).
+_SLA_EVENT_UPSERT = _Upsert("metrics_sla", _SLA_COLUMNS, _SLA_MERGE, staging="metrics_sla_events")
+#: Clocks with a met next response: channel and priority those of the interaction as the
+#: batch leaves it, whatever an SLA event or an earlier batch wrote (a later change of its
+#: routing priority rewrites them: the same as one pass over the whole history leaves).
+_SLA_MET_UPSERT = _Upsert(
+    "metrics_sla",
+    _SLA_COLUMNS,
+    f"{_SLA_MERGE}, channel = excluded.channel, priority = excluded.priority",
+    staging="metrics_sla_met",
 )
 _SURVEY_INSERT = _Upsert(
     "metrics_surveys",
@@ -600,7 +771,10 @@ class MetricsProjection:
 
     Thread-safe: batches are applied one at a time under a lock; queries run beside them.
     `time_zone` decides local days, weeks and months (the store remembers it: opening a store
-    built with another one raises `ReadModelMismatch`; rebuild it then)."""
+    built with another one raises `ReadModelMismatch`; rebuild it then). `sla_policies`: the
+    interaction service's SLA policies (the same configuration), only to know which SLA clocks
+    of a case have a target at all; whether a target was met or breached is what the SLA
+    events say."""
 
     def __init__(
         self,
@@ -608,13 +782,17 @@ class MetricsProjection:
         *,
         time_zone: str = "UTC",
         policy: KpiPolicy | None = None,
+        sla_policies: SlaPolicies = DEFAULT_POLICIES,
     ) -> None:
         self.store = store
         self.calendar = Calendar(time_zone)
         self.policy = (policy or KpiPolicy()).checked()
+        self.sla_policies = sla_policies
+        self._sla_targets: dict[tuple[str, str, str], bool] = {}
         self._lock = threading.RLock()
         self._listeners: list[Listener] = []
         self._handlers = _handlers()
+        self._pipeline: _Pipeline | None = None
         self.stats = ProjectionStats()
         store.create(*_schema(store.dialect))
         self._check_meta()
@@ -622,22 +800,36 @@ class MetricsProjection:
 
     @classmethod
     def for_rebuild(
-        cls, store: ReadModelStore, *, time_zone: str = "UTC", policy: KpiPolicy | None = None
+        cls,
+        store: ReadModelStore,
+        *,
+        time_zone: str = "UTC",
+        policy: KpiPolicy | None = None,
+        sla_policies: SlaPolicies = DEFAULT_POLICIES,
     ) -> MetricsProjection:
-        """A projection over `store` that may have been built with another time zone or
-        histogram layout: it forgets both (call `reset()` and replay everything next)."""
+        """A projection over `store` that may have been built with another time zone,
+        histogram or table layout: it forgets them and drops the projected tables (call
+        `reset()` and replay everything next; targets stay)."""
         store.create(*_schema(store.dialect))
         with store.transaction() as cursor:
+            for table in (*PROJECTED_TABLES, *_RETIRED_TABLES):
+                cursor.execute(f"DROP TABLE IF EXISTS {table}")
             cursor.execute("DELETE FROM metrics_meta")
-        return cls(store, time_zone=time_zone, policy=policy)
+        return cls(store, time_zone=time_zone, policy=policy, sla_policies=sla_policies)
 
     # --- set-up ---------------------------------------------------------------------------
 
     def _check_meta(self) -> None:
-        wanted = {"time_zone": self.calendar.name, "histograms": kpis.HISTOGRAM_LAYOUT}
+        wanted = {
+            "time_zone": self.calendar.name,
+            "histograms": kpis.HISTOGRAM_LAYOUT,
+            "tables": TABLES_LAYOUT,
+        }
         with self.store.transaction() as cursor:
             cursor.execute("SELECT key, value FROM metrics_meta")
             found: dict[str, str] = {str(k): str(v) for k, v in cursor.fetchall()}
+            if found and "tables" not in found:  # built before the tables had a layout name
+                found["tables"] = "v1"
             for key, value in wanted.items():
                 if key not in found:
                     cursor.execute(
@@ -667,6 +859,7 @@ class MetricsProjection:
         }
         self._interactions: dict[str, InteractionFact] = {}
         self._cases: dict[str, CaseFact] = {}
+        self._stale = False
 
     def reset(self) -> None:
         """Empties every projected table and forgets every position (targets stay): the
@@ -709,11 +902,19 @@ class MetricsProjection:
     ) -> int:
         """Applies events at increasing positions of `source` in one transaction; returns how
         many were new. `None` stands for a position that holds nothing to project (an event
-        type this projection does not read): it only advances the position."""
+        type this projection does not read): it only advances the position.
+
+        Inside `pipelined()` the transaction is committed by a writer thread while the caller
+        goes on with the next batch; otherwise it has committed when this returns."""
         if not items:
             return 0
         started = time.perf_counter()
+        pipeline = self._pipeline
         with self._lock, gc_paused():
+            if pipeline is not None:
+                pipeline.check()
+            if self._stale:
+                self._load_state()
             done = self.position(source)
             fresh = [(position, event) for position, event in items if position > done]
             if not fresh:
@@ -722,33 +923,76 @@ class MetricsProjection:
             last = max(position for position, _ in fresh)
             events = [event for _, event in fresh if event is not None]
             batch = _Batch(self)
-            batch.prefetch(events)
-            for event in events:
-                handler = self._handlers.get(type(event))
-                if handler is not None:
-                    handler(batch, event)
             try:
-                with self.store.transaction() as cursor:
-                    batch.write(cursor)
-                    self.store.save_position(cursor, source, last)
+                batch.prefetch(events)
+                for event in events:
+                    handler = self._handlers.get(type(event))
+                    if handler is not None:
+                        handler(batch, event)
+                batch.prepare()
             except BaseException:
-                self._load_state()
+                self._forget()
                 raise
             batch.committed()
             self._positions[source] = last
-            self.stats.events += len(events)
-            self.stats.batches += 1
             self.stats.skipped_positions += len(items) - len(fresh)
-            self.stats.last_batch_s = time.perf_counter() - started
-            if events:
-                newest = _ms(max(event.timestamp for event in events))
-                self.stats.last_event_ms = max(self.stats.last_event_ms, newest)
+            newest = _ms(max(event.timestamp for event in events)) if events else 0
+            job = _Commit(batch, source, last, len(events), newest, started)
+            if pipeline is None:
+                try:
+                    self._commit(job)
+                except BaseException:
+                    self._forget()
+                    raise
+        if pipeline is not None:
+            pipeline.submit(job)
+        return len(fresh)
+
+    def _commit(self, job: _Commit) -> None:
+        """Writes one prepared batch and its position in one transaction, then tells the
+        listeners (in the thread that commits)."""
+        with self.store.transaction() as cursor:
+            job.batch.write(cursor)
+            self.store.save_position(cursor, job.source, job.position)
+        self.stats.events += job.events
+        self.stats.batches += 1
+        self.stats.last_batch_s = time.perf_counter() - job.started
+        self.stats.last_event_ms = max(self.stats.last_event_ms, job.newest_ms)
         for listener in list(self._listeners):
             try:
-                listener(source, last)
+                listener(job.source, job.position)
             except Exception:
                 log.exception("metrics listener failed")
-        return len(fresh)
+
+    def _forget(self) -> None:
+        """After a failed batch: what is in memory may be ahead of the store, so it is read
+        again from the store (positions too, so the batch is applied again); when the store
+        cannot be read either (it is down), before the next batch instead."""
+        self._stale = True
+        with contextlib.suppress(Exception):
+            self._load_state()
+
+    @contextlib.contextmanager
+    def pipelined(self, depth: int = 2) -> Iterator[None]:
+        """Within it, `apply` hands each prepared batch to a writer thread and returns, so the
+        next batch is built while the database writes the previous one (rebuilds, replays).
+        Batches still commit one at a time, in order, each with its position; a failed commit
+        makes every later batch of the pipeline fail too (they build on it), raises from the
+        next `apply` or on leaving, and the projection reloads its state from the store. On
+        leaving, every batch has committed."""
+        with self._lock:
+            if self._pipeline is not None:
+                raise RuntimeError("the metrics projection is pipelined already")
+            pipeline = self._pipeline = _Pipeline(self, depth)
+        try:
+            yield
+        finally:
+            try:
+                pipeline.close()
+            finally:
+                with self._lock:
+                    self._pipeline = None
+        pipeline.check()
 
     def apply_events(self, events: Iterable[DomainEvent], *, source: str = "metrics:direct") -> int:
         """Applies events in order, numbering them after the position of `source` (library
@@ -916,6 +1160,24 @@ class MetricsProjection:
 
     # --- for the batch ---------------------------------------------------------------------
 
+    def _has_interaction_sla_target(self, channel: str, routing_priority: int, metric: str) -> bool:
+        """Whether the SLA policy of an interaction outside a case has a target for `metric`
+        (chosen by its channel and `interaction_priority` of its routing priority)."""
+        return self._sla_target(channel, interaction_priority(routing_priority).value, metric)
+
+    def _sla_target(self, channel: str, priority: str, metric: str) -> bool:
+        key = (channel, priority, metric)
+        known = self._sla_targets.get(key)
+        if known is None:
+            policy = self.sla_policies.policy_for(
+                Channel(channel) if channel else None, CasePriority(priority)
+            )
+            known = policy is not None and policy.target(SlaMetric(metric)) is not None
+            if len(self._sla_targets) > 10_000:
+                self._sla_targets.clear()
+            self._sla_targets[key] = known
+        return known
+
     def _dims_id(self, dims: Dims, new: list[tuple[int, Dims]]) -> int:
         known = self._dims.get(dims)
         if known is None:
@@ -923,6 +1185,82 @@ class MetricsProjection:
             self._next_dims += 1
             new.append((known, dims))
         return known
+
+
+@dataclass
+class _Commit:
+    """A prepared batch on its way to the store."""
+
+    batch: _Batch
+    source: str
+    position: int
+    events: int
+    newest_ms: int
+    started: float
+
+
+class _Pipeline:
+    """The writer thread of `MetricsProjection.pipelined()`: commits prepared batches in order.
+
+    Until a batch has committed, a later batch must not read what it writes from the store:
+    `pending` finds such rows among the batches waiting (newest last)."""
+
+    def __init__(self, projection: MetricsProjection, depth: int) -> None:
+        self._projection = projection
+        self._jobs: queue.Queue[_Commit | None] = queue.Queue(maxsize=max(1, depth))
+        self._pending: list[_Commit] = []
+        self._lock = threading.Lock()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="metrics-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: _Commit) -> None:
+        with self._lock:
+            self._pending.append(job)
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            if self.error is None:
+                try:
+                    self._projection._commit(job)
+                except BaseException as error:  # handed to the applying thread by check()
+                    self.error = error
+            with self._lock:
+                self._pending.remove(job)
+
+    def pending(
+        self, rows_of: Callable[[_Batch], Mapping[str, _T]], keys: Iterable[str]
+    ) -> dict[str, _T]:
+        """The newest not yet committed version of each of `keys` that has one."""
+        found: dict[str, _T] = {}
+        with self._lock:
+            if not self._pending:
+                return found
+            tables = [rows_of(job.batch) for job in self._pending]
+        for key in keys:
+            for table in reversed(tables):
+                row = table.get(key)
+                if row is not None:
+                    found[key] = row
+                    break
+        return found
+
+    def check(self) -> None:
+        """Raises the error of a failed commit (the projection then reloads its state)."""
+        error = self.error
+        if error is not None:
+            self._projection._forget()
+            raise error
+
+    def close(self) -> None:
+        """Waits until every batch handed over has committed (or been dropped after an
+        error)."""
+        self._jobs.put(None)
+        self._thread.join()
 
 
 @dataclass
@@ -942,6 +1280,42 @@ class ProjectionStats:
 # --- one batch ---------------------------------------------------------------------------------
 
 
+(
+    _PREFETCH_NONE,
+    _PREFETCH_INTERACTION,
+    _PREFETCH_MESSAGE,
+    _PREFETCH_LINK,
+    _PREFETCH_SLA,
+    _PREFETCH_CASE,
+    _PREFETCH_SURVEY,
+    _PREFETCH_FEEDBACK,
+    _PREFETCH_CUSTOMER,
+) = range(9)
+#: event class → which rows `_Batch.prefetch` loads for it (a dict lookup per event instead of
+#: a chain of isinstance checks)
+_PREFETCH_KINDS: dict[type[DomainEvent], int] = {}
+
+
+def _prefetch_kind(cls: type[DomainEvent]) -> int:
+    if issubclass(cls, MessageAdded):
+        return _PREFETCH_MESSAGE
+    if issubclass(cls, InteractionOpened | LinkedToCase):
+        return _PREFETCH_LINK
+    if issubclass(cls, InteractionEvent):
+        return _PREFETCH_INTERACTION
+    if issubclass(cls, SlaEvent):
+        return _PREFETCH_SLA
+    if issubclass(cls, CaseEvent):
+        return _PREFETCH_CASE
+    if issubclass(cls, SurveyAnswered):
+        return _PREFETCH_SURVEY
+    if issubclass(cls, FeedbackEvent):
+        return _PREFETCH_FEEDBACK
+    if issubclass(cls, CustomerEvent):
+        return _PREFETCH_CUSTOMER
+    return _PREFETCH_NONE
+
+
 class _Batch:
     """The changes of one batch, gathered in memory and written in one transaction."""
 
@@ -950,8 +1324,8 @@ class _Batch:
         self.calendar = projection.calendar
         #: (15-minute interval start, dims) → counter deltas
         self.rows: dict[tuple[int, Dims], list[int]] = {}
-        #: (15-minute interval start, dims, histogram, bin) → count delta
-        self.histograms: dict[tuple[int, Dims, int, int], int] = {}
+        #: (15-minute interval start, dims) → {"<histogram>:<bin>": count delta}
+        self.histograms: dict[tuple[int, Dims], dict[str, int]] = {}
         self.interactions: dict[str, InteractionFact] = {}
         self.loaded_interactions: dict[str, InteractionFact] = {}
         self.cases: dict[str, CaseFact] = {}
@@ -965,6 +1339,8 @@ class _Batch:
         self.topics: dict[tuple[int, str], int] = {}
         self.customers: dict[str, CustomerFact | None] = {}
         self.touched_customers: set[str] = set()
+        #: SLA events of interactions outside a case: (id, metric, cycle) → row
+        self.interaction_sla: dict[tuple[str, str, int], list[object]] = {}
 
     # --- loading ----------------------------------------------------------------------------
 
@@ -976,35 +1352,80 @@ class _Batch:
         survey_ids: set[str] = set()
         feedback_ids: set[str] = set()
         customer_ids: set[str] = set()
+        messages: list[str] = []
+        kinds = _PREFETCH_KINDS
         for event in events:
-            if isinstance(event, InteractionEvent):
+            kind = kinds.get(type(event))
+            if kind is None:
+                kind = kinds[type(event)] = _prefetch_kind(type(event))
+            if kind == _PREFETCH_INTERACTION:
                 interaction_ids.add(_key(event.originator_id))
-            elif isinstance(event, CaseEvent):
+            elif kind == _PREFETCH_MESSAGE:
+                interaction_ids.add(_key(event.originator_id))
+                if cast(MessageAdded, event).entry.public:
+                    messages.append(_key(event.originator_id))
+            elif kind == _PREFETCH_LINK:
+                interaction_ids.add(_key(event.originator_id))
+                case_id = cast(InteractionOpened | LinkedToCase, event).case_id
+                if case_id is not None:
+                    case_ids.add(_key(case_id))
+            elif kind == _PREFETCH_SLA:
+                sla_case_id = cast(SlaEvent, event).case_id
+                if sla_case_id is not None:  # None: an interaction outside a case
+                    case_ids.add(_key(sla_case_id))
+            elif kind == _PREFETCH_CASE:
                 case_ids.add(_key(event.originator_id))
-            elif isinstance(event, SurveyAnswered):
+            elif kind == _PREFETCH_SURVEY:
                 survey_ids.add(_key(event.originator_id))
-                if event.interaction_id is not None:
-                    interaction_ids.add(_key(event.interaction_id))
-            elif isinstance(event, FeedbackEvent):
+                interaction_id = cast(SurveyAnswered, event).interaction_id
+                if interaction_id is not None:
+                    interaction_ids.add(_key(interaction_id))
+            elif kind == _PREFETCH_FEEDBACK:
                 feedback_ids.add(_key(event.originator_id))
-            elif isinstance(event, CustomerEvent):
+            elif kind == _PREFETCH_CUSTOMER:
                 customer_ids.add(_key(event.originator_id))
+        pipeline = projection._pipeline
         cached = projection._interactions
         missing = [key for key in interaction_ids if key not in cached]
+        if pipeline is not None and missing:
+            cached.update(pipeline.pending(lambda b: b.interactions, missing))
+            missing = [key for key in missing if key not in cached]
         for row in self._select("metrics_interactions", "id, fact", missing):
             cached[str(row[0])] = _interaction_decoder.decode(bytes(row[1]))
+        for key in messages:  # their case's next-response clocks
+            interaction = cached.get(key)
+            if interaction is not None and interaction.case_id:
+                case_ids.add(interaction.case_id)
         cached_cases = projection._cases
         missing = [key for key in case_ids if key not in cached_cases]
+        if pipeline is not None and missing:
+            cached_cases.update(pipeline.pending(lambda b: b.cases, missing))
+            missing = [key for key in missing if key not in cached_cases]
         for row in self._select("metrics_cases", "id, fact", missing):
             cached_cases[str(row[0])] = _case_decoder.decode(bytes(row[1]))
-        self.known_surveys = {
-            str(row[0]) for row in self._select("metrics_surveys", "id", list(survey_ids))
-        }
         self.feedback = dict.fromkeys(feedback_ids)
-        for row in self._select("metrics_feedback", "id, fact", list(feedback_ids)):
-            self.feedback[str(row[0])] = msgspec.msgpack.decode(bytes(row[1]), type=FeedbackFact)
         self.customers = dict.fromkeys(customer_ids)
-        for row in self._select("metrics_customers", "id, fact", list(customer_ids)):
+        if pipeline is not None:
+            self.known_surveys = set(pipeline.pending(lambda b: b.written_surveys, survey_ids))
+            self.feedback.update(pipeline.pending(lambda b: b.written_feedback, feedback_ids))
+            self.customers.update(pipeline.pending(lambda b: b.written_customers, customer_ids))
+        self.known_surveys.update(
+            str(row[0])
+            for row in self._select(
+                "metrics_surveys",
+                "id",
+                [key for key in survey_ids if key not in self.known_surveys],
+            )
+        )
+        for row in self._select(
+            "metrics_feedback", "id, fact", [key for key, f in self.feedback.items() if f is None]
+        ):
+            self.feedback[str(row[0])] = msgspec.msgpack.decode(bytes(row[1]), type=FeedbackFact)
+        for row in self._select(
+            "metrics_customers",
+            "id, fact",
+            [key for key, c in self.customers.items() if c is None],
+        ):
             self.customers[str(row[0])] = msgspec.msgpack.decode(bytes(row[1]), type=CustomerFact)
 
     def _select(self, table: str, columns: str, ids: list[str]) -> list[tuple[Any, ...]]:
@@ -1054,9 +1475,12 @@ class _Batch:
         return row
 
     def _histogram(self, at_ms: int, dims: Dims, histogram: int, value_ms: int, sign: int) -> None:
-        key = (at_ms - at_ms % INTERVAL_MS, dims, histogram, kpis.bin_of(value_ms))
-        histograms = self.histograms
-        histograms[key] = histograms.get(key, 0) + sign
+        key = (at_ms - at_ms % INTERVAL_MS, dims)
+        bins = self.histograms.get(key)
+        if bins is None:
+            bins = self.histograms[key] = {}
+        name = f"{histogram}:{kpis.bin_of(value_ms)}"
+        bins[name] = bins.get(name, 0) + sign
 
     def contribute(self, fact: InteractionFact, sign: int) -> None:
         """Adds (sign 1) or takes back (sign -1) everything an interaction fact counts."""
@@ -1147,89 +1571,157 @@ class _Batch:
 
     # --- writing ------------------------------------------------------------------------------
 
-    def write(self, cursor: Cursor) -> None:
+    def prepare(self) -> None:
+        """Turns the batch's changes into the rows to write (`write`), encoding every fact as it
+        is now: after this the facts may change again (the next batch) without changing what
+        this batch writes."""
         for fact in self.interactions.values():
             self.contribute(fact, 1)
         projection = self.projection
-        self.new_dims: list[tuple[int, Dims]] = []
+        new_dims: list[tuple[int, Dims]] = []
         day_of = self.calendar.day_start
-        days: dict[tuple[int, Dims], list[int]] = {}
+        days: dict[tuple[int, Dims], Sequence[int]] = {}
+        day_bins: dict[tuple[int, Dims], dict[str, int]] = {}
         bucket_rows: list[tuple[object, ...]] = []
         ids: dict[Dims, int] = {}
         known = projection._dims
-        for (quarter, dims), counters in self.rows.items():
-            if not any(counters):
+        rows, histograms = self.rows, self.histograms
+        for key in rows.keys() | histograms.keys():
+            counters: Sequence[int] | None = rows.get(key)
+            counted = counters is not None and any(counters)
+            bins = histograms.get(key)
+            if bins:
+                bins = {name: count for name, count in bins.items() if count}
+            if not counted and not bins:
                 continue
+            if counters is None:
+                counters = _NO_COUNTS
+            quarter, dims = key
             number = ids.get(dims)
             if number is None:
-                number = ids[dims] = known.get(dims) or projection._dims_id(dims, self.new_dims)
-            bucket_rows.append((GRAIN_15M, quarter, number, *counters))
-            key = (day_of(quarter), dims)
-            total = days.get(key)
-            if total is None:
-                days[key] = list(counters)
-            else:
-                days[key] = [a + b for a, b in zip(total, counters, strict=True)]
-        for (day, dims), counters in days.items():
-            if any(counters):
-                bucket_rows.append((GRAIN_DAY, day, ids[dims], *counters))
-        day_histograms: dict[tuple[int, Dims, int, int], int] = {}
-        histogram_rows: list[tuple[object, ...]] = []
-        for (quarter, dims, histogram, index), count in self.histograms.items():
-            if not count:
+                number = ids[dims] = known.get(dims) or projection._dims_id(dims, new_dims)
+            bucket_rows.append((GRAIN_15M, quarter, number, *counters, _bins_text(bins)))
+            day = (day_of(quarter), dims)
+            total = days.get(day)
+            days[day] = counters if total is None else list(map(add, total, counters))
+            if bins:
+                merged = day_bins.get(day)
+                if merged is None:
+                    day_bins[day] = dict(bins)
+                else:
+                    for name, count in bins.items():
+                        merged[name] = merged.get(name, 0) + count
+        for day, counters in days.items():
+            bins = day_bins.get(day)
+            if bins:
+                bins = {name: count for name, count in bins.items() if count}
+            if any(counters) or bins:
+                bucket_rows.append((GRAIN_DAY, day[0], ids[day[1]], *counters, _bins_text(bins)))
+        feedback = [f for f in (self.feedback[key] for key in self.touched_feedback) if f]
+        customers = [c for c in (self.customers[key] for key in self.touched_customers) if c]
+        # What a later batch finds here until this one has committed (`_Pipeline.pending`).
+        self.written_surveys: dict[str, bool] = {str(row[0]): True for row in self.surveys}
+        self.written_feedback = {f.id: f for f in feedback}
+        self.written_customers = {c.id: c for c in customers}
+        self.new_dims = new_dims
+        self.writes: list[tuple[_Upsert, list[tuple[object, ...]]]] = [
+            (_BUCKET_UPSERT, bucket_rows),
+            (_INTERACTION_UPSERT, [_interaction_row(f) for f in self.interactions.values()]),
+            (_CASE_UPSERT, [_case_row(f) for f in self.cases.values()]),
+            (_SLA_UPSERT, [row for f in self.cases.values() for row in self._sla_rows(f)]),
+            *self._interaction_sla_rows(),
+            (
+                _BLOB_UPSERT["metrics_agents"],
+                [_blob_row(projection._agents[key]) for key in self.agents],
+            ),
+            (
+                _BLOB_UPSERT["metrics_queues"],
+                [_blob_row(projection._queues[key]) for key in self.queues],
+            ),
+            (_SURVEY_INSERT, self.surveys),
+            (_BLOB_UPSERT["metrics_feedback"], [_blob_row(f) for f in feedback]),
+            (
+                _TOPIC_UPSERT,
+                [(day, topic, count) for (day, topic), count in self.topics.items() if count],
+            ),
+            (_BLOB_UPSERT["metrics_customers"], [_blob_row(c) for c in customers]),
+        ]
+        self.customer_ids = [(c.id,) for c in customers]
+        self.spans = [(c.id, start, until) for c in customers for start, until in c.spans]
+
+    def _interaction_sla_rows(self) -> list[tuple[_Upsert, list[tuple[object, ...]]]]:
+        """The SLA events of interactions outside a case, and their met next responses (one
+        row per clock: breached over met over at risk, as `_SLA_MERGE` merges): the rows of
+        clocks only SLA events spoke of, and those of met clocks, which carry the channel and
+        priority of their interaction (the rows must not depend on how the events were
+        batched)."""
+        rows = self.interaction_sla
+        met: dict[tuple[str, str, int], list[object]] = {}
+        for fact in self.interactions.values():
+            # (also once it is linked to a case: the query leaves those out, and the rows
+            # stay the same however the events were batched)
+            if not fact.next_met:
                 continue
-            number = ids.get(dims)
-            if number is None:
-                number = ids[dims] = known.get(dims) or projection._dims_id(dims, self.new_dims)
-            histogram_rows.append((GRAIN_15M, quarter, number, histogram, index, count))
-            day_key = (day_of(quarter), dims, histogram, index)
-            day_histograms[day_key] = day_histograms.get(day_key, 0) + count
-        for (day, dims, histogram, index), count in day_histograms.items():
-            if count:
-                histogram_rows.append((GRAIN_DAY, day, ids[dims], histogram, index, count))
+            for cycle, met_ms in fact.next_met:
+                key = (fact.id, SlaMetric.NEXT_RESPONSE.value, cycle)
+                row = rows.get(key)
+                if row is None:
+                    row = [fact.id, key[1], cycle, _SUBJECT_INTERACTION, _AT_RISK, None, 0]
+                    row += ["", ""]
+                if row[4] != _BREACHED:
+                    row[4], row[5] = _MET, met_ms
+                row[7] = fact.channel
+                row[8] = interaction_priority(fact.routing_priority).value
+                met[key] = row
+        return [
+            (_SLA_EVENT_UPSERT, [tuple(row) for key, row in rows.items() if key not in met]),
+            (_SLA_MET_UPSERT, [tuple(row) for row in met.values()]),
+        ]
+
+    def _sla_rows(self, case: CaseFact) -> Iterator[tuple[object, ...]]:
+        """One row per SLA clock: its outcome and when it was decided (met: when the target was
+        reached, breached: the deadline), or still running / stopped. Whether a met clock had
+        a target at all is the policies' answer at query time (`_KpiReader._sla`)."""
+        for clock in case.clocks:
+            decided: int | None = None
+            outcome = clock.state
+            if clock.breached_due_ms is not None:
+                outcome, decided = _BREACHED, clock.breached_due_ms
+            elif clock.state == _MET:
+                decided = clock.ended_ms
+            yield (
+                case.id,
+                clock.metric,
+                clock.cycle,
+                _SUBJECT_CASE,
+                outcome,
+                decided,
+                int(clock.at_risk),
+                case.channel,
+                case.priority,
+            )
+
+    def write(self, cursor: Cursor) -> None:
+        """Writes what `prepare` gathered, inside the caller's transaction."""
         if self.new_dims:
             cursor.executemany(
                 "INSERT INTO metrics_dims (id, channel, queue, team, agent, reason) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [(number, *dims) for number, dims in self.new_dims],
             )
-        dialect = projection.store.dialect
-        _BUCKET_UPSERT.run(cursor, bucket_rows, dialect)
-        _HISTOGRAM_UPSERT.run(cursor, histogram_rows, dialect)
-        _INTERACTION_UPSERT.run(
-            cursor, [_interaction_row(f) for f in self.interactions.values()], dialect
-        )
-        _CASE_UPSERT.run(cursor, [_case_row(f) for f in self.cases.values()], dialect)
-        _BLOB_UPSERT["metrics_agents"].run(
-            cursor, [_blob_row(projection._agents[key]) for key in self.agents], dialect
-        )
-        _BLOB_UPSERT["metrics_queues"].run(
-            cursor, [_blob_row(projection._queues[key]) for key in self.queues], dialect
-        )
-        _SURVEY_INSERT.run(cursor, self.surveys, dialect)
-        feedback = [self.feedback[key] for key in self.touched_feedback]
-        _BLOB_UPSERT["metrics_feedback"].run(cursor, [_blob_row(f) for f in feedback if f], dialect)
-        _TOPIC_UPSERT.run(
-            cursor,
-            [(day, topic, count) for (day, topic), count in self.topics.items() if count],
-            dialect,
-        )
-        customers = [c for c in (self.customers[key] for key in self.touched_customers) if c]
-        if customers:
-            _BLOB_UPSERT["metrics_customers"].run(
-                cursor, [_blob_row(c) for c in customers], dialect
-            )
+        dialect = self.projection.store.dialect
+        for upsert, rows in self.writes:
+            upsert.run(cursor, rows, dialect)
+        if self.customer_ids:
             cursor.executemany(
-                "DELETE FROM metrics_customer_spans WHERE customer_id = ?",
-                [(c.id,) for c in customers],
+                "DELETE FROM metrics_customer_spans WHERE customer_id = ?", self.customer_ids
             )
-            spans = [(c.id, start, until) for c in customers for start, until in c.spans]
-            if spans:
-                cursor.executemany(
-                    "INSERT INTO metrics_customer_spans (customer_id, active_from_ms, "
-                    "active_until_ms) VALUES (?, ?, ?)",
-                    spans,
-                )
+        if self.spans:
+            cursor.executemany(
+                "INSERT INTO metrics_customer_spans (customer_id, active_from_ms, "
+                "active_until_ms) VALUES (?, ?, ?)",
+                self.spans,
+            )
 
     def committed(self) -> None:
         """After the commit: the in-memory caches take the batch's facts."""
@@ -1244,6 +1736,16 @@ class _Batch:
             cases.pop(key, None)
             cases[key] = case
         _trim(cases)
+
+
+_NO_COUNTS = (0,) * _N
+_json_encoder = msgspec.json.Encoder()
+_bins_decoder = msgspec.json.Decoder(dict[str, int])
+
+
+def _bins_text(bins: Mapping[str, int] | None) -> str:
+    """A bucket row's histograms column: {"<histogram number>:<bin>": count}."""
+    return _json_encoder.encode(bins).decode() if bins else "{}"
 
 
 def _trim(cache: dict[str, Any]) -> None:
@@ -1285,6 +1787,7 @@ def _interaction_row(fact: InteractionFact) -> tuple[object, ...]:
         fact.escalations,
         fact.reopens,
         fact.handle_ms(),
+        fact.routing_priority,
         _encoder.encode(fact),
     )
 
@@ -1382,6 +1885,7 @@ def _queued(batch: _Batch, event: Queued | HandedOffToHuman) -> None:
         fact.queued_ms = _ms(event.queued_at)
         fact.first_queue = fact.queue
     fact.waiting_since_ms = _ms(event.waiting_since)
+    fact.routing_priority = event.requirements.priority
     if isinstance(event, HandedOffToHuman):
         fact.handed_off_ms = _ms(event.timestamp)
 
@@ -1415,11 +1919,38 @@ def _resumed(batch: _Batch, event: Resumed) -> None:
 
 def _message(batch: _Batch, event: MessageAdded) -> None:
     fact = _touch(batch, event)
-    if fact is not None and event.first_agent_response and fact.first_response_ms is None:
+    if fact is None:
+        return
+    if event.first_agent_response and fact.first_response_ms is None:
         agent = _id(event.agent_id)
         fact.first_response_ms = _ms(event.timestamp)
         fact.first_response_agent = agent
         fact.first_response_team = _team_of(batch, agent)
+    if fact.case_id:
+        _next_response(batch, fact, event)
+    else:
+        _own_next_response(fact, event)
+
+
+def _own_next_response(fact: InteractionFact, event: MessageAdded) -> None:
+    """Next-response waits of an interaction outside a case (as a case's, `_next_response`):
+    a public customer message after the first agent reply starts one, the agent's next
+    public reply meets it."""
+    entry = event.entry
+    if not entry.public or fact.first_response_ms is None:
+        return
+    at = _ms(event.timestamp)
+    if entry.author_kind is AuthorKind.AGENT:
+        if fact.next_waiting_ms is not None:
+            fact.next_met.append((fact.next_cycles, at))
+            fact.next_waiting_ms = None
+    elif (
+        entry.author_kind is AuthorKind.CUSTOMER
+        and fact.next_waiting_ms is None
+        and fact.status not in _FINISHED
+    ):
+        fact.next_cycles += 1
+        fact.next_waiting_ms = at
 
 
 def _transferred(batch: _Batch, event: Transferred) -> None:
@@ -1477,6 +2008,7 @@ def _reopened(batch: _Batch, event: Reopened) -> None:
         fact.reopened_ms = _ms(event.timestamp)
     fact.resolved_ms = None
     fact.waiting_since_ms = _ms(event.waiting_since)
+    fact.routing_priority = event.requirements.priority
 
 
 def _closed(batch: _Batch, event: Closed) -> None:
@@ -1527,6 +2059,11 @@ def _on_case(batch: _Batch, event: CaseEvent) -> None:
             batch.projection.stats.stale_events += 1
             return
         fact = CaseFact(id=key, version=0, created_ms=at, status=event.status.value)
+        fact.channel = event.channel.value if event.channel is not None else ""
+        fact.clocks = [
+            SlaClockFact(metric=SlaMetric.FIRST_RESPONSE.value, cycle=1, started_ms=at),
+            SlaClockFact(metric=SlaMetric.RESOLUTION.value, cycle=1, started_ms=at),
+        ]
         batch.cases[key] = fact
     else:
         found = batch.case(key)
@@ -1541,26 +2078,139 @@ def _on_case(batch: _Batch, event: CaseEvent) -> None:
     fact.status = event.status.value
     fact.customer_id = _id(event.customer_id)
     fact.reason = event.reason or ""
+    fact.priority = event.priority.value
     match event:
         case CaseInteractionLinked():
             fact.interactions += 1
             if not fact.first_interaction:
                 fact.first_interaction = _key(event.interaction_id)
+            if not fact.channel and event.channel is not None:
+                fact.channel = event.channel.value
         case CaseFirstResponded():
             fact.first_response_ms = at
+            _end_clocks(fact, at, met=(SlaMetric.FIRST_RESPONSE.value,))
         case CaseSolved():
             fact.solved_ms = at
             if fact.first_solved_ms is None:
                 fact.first_solved_ms = at
+            # Solving meets the resolution target and stops the response clocks.
+            _end_clocks(fact, at, met=(SlaMetric.RESOLUTION.value,), stop_others=True)
         case CaseReopened():
             fact.reopens += 1
             if fact.reopened_ms is None:
                 fact.reopened_ms = at
             fact.solved_ms = None
+            for clock in fact.clocks:  # the resolution clock runs on
+                if clock.metric == SlaMetric.RESOLUTION.value and clock.state == _MET:
+                    clock.state = _RUNNING
+                    clock.ended_ms = None
         case CaseClosed():
             fact.closed_ms = at
+            _end_clocks(fact, at, met=(), stop_others=True)
         case _:
             pass
+
+
+def _end_clocks(
+    fact: CaseFact, at_ms: int, *, met: tuple[str, ...], stop_others: bool = False
+) -> None:
+    """Meets the running clocks of the `met` metrics (and stops the other running ones)."""
+    for clock in fact.clocks:
+        if clock.state != _RUNNING:
+            continue
+        if clock.metric in met:
+            clock.state = _MET
+            clock.ended_ms = at_ms
+        elif stop_others:
+            clock.state = _STOPPED
+            clock.ended_ms = at_ms
+
+
+def _next_response(batch: _Batch, interaction: InteractionFact, event: MessageAdded) -> None:
+    """A public customer message after the first reply starts a next-response wait (unless one
+    is waiting or the case is solved or closed); the agent's next public reply meets it."""
+    entry = event.entry
+    if not entry.public or not interaction.case_id:
+        return
+    case = batch.case(interaction.case_id)
+    if case is None or case.first_response_ms is None:
+        return  # before the first reply, the first-response clock is what runs
+    waiting = [
+        clock
+        for clock in case.clocks
+        if clock.metric == SlaMetric.NEXT_RESPONSE.value and clock.state == _RUNNING
+    ]
+    at = _ms(event.timestamp)
+    if entry.author_kind is AuthorKind.AGENT:
+        for clock in waiting:
+            clock.state = _MET
+            clock.ended_ms = at
+        return
+    if (
+        entry.author_kind is not AuthorKind.CUSTOMER
+        or waiting
+        or case.status in (CaseStatus.SOLVED.value, CaseStatus.CLOSED.value)
+    ):
+        return
+    case.next_cycles += 1
+    if case.clock(SlaMetric.NEXT_RESPONSE.value, case.next_cycles) is None:
+        # (an SLA event of this cycle may have come first: one clock, one row, per cycle)
+        case.clocks.append(
+            SlaClockFact(
+                metric=SlaMetric.NEXT_RESPONSE.value, cycle=case.next_cycles, started_ms=at
+            )
+        )
+
+
+def _on_interaction_sla(batch: _Batch, event: SlaEvent) -> None:
+    """An SLA event of an interaction outside a case: a row of its own (merged with what the
+    store has: a breach stays a breach). Met clocks of such interactions are read from the
+    interaction fact table when KPIs are asked for."""
+    if event.interaction_id is None:
+        batch.projection.stats.orphan_events += 1
+        return
+    metric = event.metric.value
+    key = (_key(event.interaction_id), metric, event.cycle)
+    row = batch.interaction_sla.get(key)
+    if row is None:
+        channel = event.channel.value if event.channel is not None else ""
+        row = batch.interaction_sla[key] = [
+            key[0],
+            metric,
+            event.cycle,
+            _SUBJECT_INTERACTION,
+            _AT_RISK,
+            None,
+            0,
+            channel,
+            event.priority.value,
+        ]
+    if isinstance(event, SlaBreached):
+        row[4] = _BREACHED
+        row[5] = _ms(event.due_at)
+    else:
+        row[6] = 1
+
+
+def _on_sla(batch: _Batch, event: SlaEvent) -> None:
+    """An at-risk or breached event of a case's SLA clock (computed in business hours by the
+    interaction service): recorded on the clock, once however often it is delivered."""
+    if event.case_id is None:
+        _on_interaction_sla(batch, event)
+        return
+    case = batch.case(_key(event.case_id))
+    if case is None:
+        batch.projection.stats.orphan_events += 1
+        return
+    metric = event.metric.value
+    clock = case.clock(metric, event.cycle)
+    if clock is None:  # a clock these events know better than the case's events did
+        clock = SlaClockFact(metric=metric, cycle=event.cycle, started_ms=_ms(event.started_at))
+        case.clocks.append(clock)
+    if isinstance(event, SlaBreached):
+        clock.breached_due_ms = _ms(event.due_at)
+    else:
+        clock.at_risk = True
 
 
 def _on_agent(batch: _Batch, event: AgentEvent) -> None:
@@ -1766,6 +2416,8 @@ def _handlers() -> dict[type[DomainEvent], Handler]:
             table[cls] = _on_feedback
         elif issubclass(cls, CustomerEvent):
             table[cls] = _on_customer
+        elif issubclass(cls, SlaEvent):
+            table[cls] = _on_sla
     return table
 
 
@@ -1780,7 +2432,7 @@ def _subclasses(base: type[DomainEvent]) -> list[type[DomainEvent]]:
 
 def projected_event_classes() -> list[type[DomainEvent]]:
     """The event classes the metrics projection reads (decoded from the bus by type)."""
-    classes: list[type[DomainEvent]] = [SurveyAnswered]
+    classes: list[type[DomainEvent]] = [SurveyAnswered, SlaAtRisk, SlaBreached]
     for base in (
         InteractionEvent,
         CaseEvent,
@@ -1843,7 +2495,7 @@ _INTERACTION_DIMS = {
 
 
 class _Acc:
-    __slots__ = ("agent_days", "bots", "issues", "repeats", "tally")
+    __slots__ = ("agent_days", "bots", "issues", "repeats", "sla", "tally")
 
     def __init__(self) -> None:
         self.tally = Tally()
@@ -1851,6 +2503,7 @@ class _Acc:
         self.bots = kpis.BotTally()
         self.repeats = kpis.RepeatTally()
         self.agent_days: set[tuple[int, str]] = set()
+        self.sla: dict[str, kpis.SlaCounts] = {}
 
     def is_empty(self) -> bool:
         """Nothing counted (bucket rows whose contributions were all taken back)."""
@@ -1860,6 +2513,7 @@ class _Acc:
             and not self.issues.fcr.resolved
             and not self.bots.conversations
             and not self.repeats.contacts
+            and not self.sla
         )
 
 
@@ -1922,6 +2576,7 @@ class _KpiReader:
         self._issues()
         self._bots()
         self._repeats()
+        self._sla()
         rows: list[KpiRow] = []
         for (interval_start, group), acc in sorted(
             self.accs.items(), key=lambda item: (item[0][0] or 0, item[0][1])
@@ -1940,6 +2595,7 @@ class _KpiReader:
                         repeats=acc.repeats,
                         agent_days=len(acc.agent_days),
                         policy=self.policy,
+                        sla=acc.sla,
                     ),
                 )
             )
@@ -2009,20 +2665,14 @@ class _KpiReader:
             counts = acc.tally.counts
             for name, value in zip(COUNTERS, row[1 + width :], strict=True):
                 counts[name] += int(value or 0)
-        histogram_selected = ", ".join(["h.start_ms", *group_columns, "h.histogram", "h.bin"])
         for row in store.query(
-            f"SELECT {histogram_selected}, SUM(h.count) FROM metrics_histograms h "
-            "JOIN metrics_dims d ON d.id = h.dims "
-            f"WHERE h.grain = ? AND h.start_ms >= ? AND h.start_ms < ?{where} "
-            f"GROUP BY {histogram_selected}",
-            args,
+            f"SELECT {selected}, b.histograms{base} AND b.histograms <> '{{}}'", args
         ):
-            count = int(row[-1] or 0)
-            if not count:
-                continue
-            acc = self._acc(int(row[0]), tuple(str(v) for v in row[1 : 1 + width]))
-            name = kpis.HISTOGRAM_NAMES[int(row[1 + width])]
-            acc.tally.histograms[name].add_bin(int(row[2 + width]), count)
+            histograms = self._acc(int(row[0]), tuple(str(v) for v in row[1 : 1 + width]))
+            tally_histograms = histograms.tally.histograms
+            for name, count in _bins_decoder.decode(row[-1]).items():
+                number, _, index = name.partition(":")
+                tally_histograms[kpis.HISTOGRAM_NAMES[int(number)]].add_bin(int(index), count)
         # agent-days: a (local day, agent) with time logged in or work handled
         for row in store.query(
             f"SELECT b.start_ms, d.agent{''.join(', ' + c for c in group_columns)} "
@@ -2142,6 +2792,95 @@ class _KpiReader:
             [self.start, self.end, *params],
         ):
             self._acc(int(row[0]), self._group_of(row, 1)).issues.created += 1
+
+    def _sla(self) -> None:
+        """SLA clocks decided in the period: met when reached, breached at the deadline.
+
+        Cases: their clocks' rows, with the dimensions of the case (its first interaction's;
+        the case's own channel); a met clock counts when the case's policy (by channel and
+        priority) has that target, a breach always. Interactions outside a case: breaches
+        from their SLA events' rows; met clocks from the interaction fact table (first
+        response: the first public agent reply, on a voice channel the answer; resolution:
+        resolved; next response: its rows), when the interaction is inbound and still in no
+        case and the policy of the interaction (its channel and routing priority) has that
+        target and no breach was recorded for it."""
+        store = self.projection.store
+        channel = "CASE WHEN s.channel <> '' THEN s.channel ELSE COALESCE(i.channel, '') END"
+        dims = f"{channel}, i.first_queue, i.first_team, i.first_agent"
+        case_reason = "CASE WHEN c.reason <> '' THEN c.reason ELSE COALESCE(i.reason, '') END"
+        columns = dict(_INTERACTION_DIMS)
+        columns[Dimension.CHANNEL] = channel
+        where, params = self._dims_filter(
+            {
+                k: f"COALESCE({v}, '')" if k is not Dimension.REASON else case_reason
+                for k, v in columns.items()
+            }
+        )
+        decided = "s.decided_ms >= ? AND s.decided_ms < ?"
+        has_target = self.projection._sla_target
+        rows = [
+            row
+            for row in store.query(
+                f"SELECT s.decided_ms, {dims}, {case_reason}, s.metric, s.outcome, s.at_risk, "
+                "s.channel, s.priority FROM metrics_sla s "
+                "JOIN metrics_cases c ON c.id = s.subject_id "
+                "LEFT JOIN metrics_interactions i ON i.id = c.first_interaction "
+                f"WHERE s.subject = ? AND s.outcome IN (?, ?) AND {decided}{where}",
+                [_SUBJECT_CASE, _MET, _BREACHED, self.start, self.end, *params],
+            )
+            if row[7] == _BREACHED or has_target(str(row[9]), str(row[10]), str(row[6]))
+        ]
+        where, params = self._issue_filter("i.reason")
+        rows += [
+            row
+            for row in store.query(
+                "SELECT s.decided_ms, i.channel, i.first_queue, i.first_team, i.first_agent, "
+                "i.reason, s.metric, s.outcome, s.at_risk, i.routing_priority, i.case_id, "
+                "i.direction FROM metrics_sla s "
+                "JOIN metrics_interactions i ON i.id = s.subject_id "
+                f"WHERE s.subject = ? AND s.outcome IN (?, ?) AND {decided}{where}",
+                [_SUBJECT_INTERACTION, _MET, _BREACHED, self.start, self.end, *params],
+            )
+            # a met next response counts while the interaction is its own issue
+            if row[7] == _BREACHED
+            or (
+                not row[10]
+                and row[11] == _INBOUND
+                and self.projection._has_interaction_sla_target(
+                    str(row[1]), int(row[9]), str(row[6])
+                )
+            )
+        ]
+        voice = ", ".join(f"'{channel}'" for channel in sorted(_EXCLUSIVE))
+        for metric, met in (
+            (
+                SlaMetric.FIRST_RESPONSE.value,
+                f"CASE WHEN i.channel IN ({voice}) THEN i.answered_ms ELSE i.first_response_ms END",
+            ),
+            (SlaMetric.RESOLUTION.value, "i.resolved_ms"),
+        ):
+            for row in store.query(
+                f"SELECT {met}, i.channel, i.first_queue, i.first_team, i.first_agent, "
+                "i.reason, i.routing_priority, COALESCE(s.at_risk, 0) "
+                "FROM metrics_interactions i LEFT JOIN metrics_sla s ON s.subject_id = i.id "
+                "AND s.metric = ? AND s.cycle = 1 "
+                f"WHERE i.case_id = '' AND i.direction = '{_INBOUND}' "
+                f"AND {met} >= ? AND {met} < ? "
+                f"AND (s.outcome IS NULL OR s.outcome <> ?){where}",
+                [metric, self.start, self.end, _BREACHED, *params],
+            ):
+                if self.projection._has_interaction_sla_target(str(row[1]), int(row[6]), metric):
+                    rows.append((row[0], *row[1:6], metric, _MET, row[7]))
+        for row in rows:
+            sla = self._acc(int(row[0]), self._group_of(row, 1)).sla
+            counts = sla.get(str(row[6]))
+            if counts is None:
+                counts = sla[str(row[6])] = kpis.SlaCounts()
+            if row[7] == _MET:
+                counts.met += 1
+            else:
+                counts.breached += 1
+            counts.at_risk += int(bool(row[8]))
 
     def _bots(self) -> None:
         window = self.policy.bot_repeat_window_ms
@@ -2898,14 +3637,21 @@ def prometheus_text(
 
 
 def open_metrics(
-    persistence: PersistenceSettings, *, time_zone: str = "UTC", policy: KpiPolicy | None = None
+    persistence: PersistenceSettings,
+    *,
+    time_zone: str = "UTC",
+    policy: KpiPolicy | None = None,
+    sla_policies: SlaPolicies = DEFAULT_POLICIES,
 ) -> MetricsProjection:
     """The metrics projection on the storage the persistence settings choose (the read-model
     store called `metrics`): in memory, a SQLite file in the data directory, or PostgreSQL."""
     from crmcore.adapters.readmodels import open_read_model_store
 
     return MetricsProjection(
-        open_read_model_store(persistence, "metrics"), time_zone=time_zone, policy=policy
+        open_read_model_store(persistence, "metrics"),
+        time_zone=time_zone,
+        policy=policy,
+        sla_policies=sla_policies,
     )
 
 
@@ -2941,7 +3687,7 @@ class EventDecoder:
                 return None
             event: DomainEvent = decoder.decode(wire.data)
             return event
-        except msgspec.DecodeError as error:
+        except UNREADABLE as error:  # RecursionError too: JSON nested too deep
             self.unreadable += 1
             log.warning("metrics: skipping an event it cannot read: %s", error)
             return None
@@ -3018,11 +3764,17 @@ class MetricsFeed:
                 delay = 0.1
                 if await self._consume(subscription):
                     return
-            except TRANSIENT_ERRORS as error:
+            except Exception as error:
+                # NATS away (TRANSIENT_ERRORS), or the store failed a batch (the database
+                # restarting): nothing of the batch was kept, and starting over resumes after
+                # the stored position, so the batch comes again; the feed never gives up.
                 self.stats.reconnects += 1
                 self.stats.last_error = f"{type(error).__name__}: {error}"
-                log.warning(
-                    "metrics feed: %s; starting over in %.1fs", self.stats.last_error, delay
+                log.log(
+                    logging.WARNING if isinstance(error, TRANSIENT_ERRORS) else logging.ERROR,
+                    "metrics feed: %s; starting over in %.1fs",
+                    self.stats.last_error,
+                    delay,
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)

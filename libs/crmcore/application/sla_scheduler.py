@@ -1,4 +1,5 @@
-"""SLA deadlines of cases, and the scheduler that raises at-risk and breached events.
+"""SLA deadlines of cases and of interactions outside cases, and the scheduler that raises
+at-risk and breached events.
 
 `SlaClocks` is a read model ("interactions_sla", beside the events) that follows the
 interaction application's notification log, committing each batch with its position in one
@@ -17,12 +18,38 @@ channel (its first interaction's, when the case was not opened with one), and ch
 when the channel becomes known. Each clock's row holds its deadline and at-risk time in UTC,
 recomputed on every event of its case, and whether its events were recorded.
 
+An inbound interaction opened outside any case (a chat, an e-mail nobody made a case of) has
+clocks of its own, under the same policies, chosen by its channel and by its routing priority
+(`crmcore.domain.sla.interaction_priority`: 0–4 normal, 5–7 high, 8–10 urgent; chosen again
+when a queueing, transfer, reopening or bot hand-off changes it):
+
+- first response: from the opening (DOMAIN.md: "first public agent reply − created", bots
+  excluded) to the first public reply of an agent — on a voice channel (phone, video) to the
+  answer, which is when the customer first hears an agent;
+- next response: as for a case, one cycle per public customer message after the first
+  response that waits for an agent's public reply;
+- resolution: from the opening to `Resolved`; a reopening runs it on (the time in between does
+  not count, like a solved case's).
+
+A bot conversation's clocks start when the bot hands it to a human (a contained one has none);
+an outbound contact has none (the organisation spoke first). An interaction has no "pending"
+status — waiting on the customer is a case status — so its clocks pause only between resolving
+and reopening; its response clocks run only while the customer waits for an agent anyway.
+Resolving stops the response clocks; closing or abandoning stops everything. Linking the
+interaction to a case (or opening it in one) stops all its clocks for good: from then on the
+case's clocks count, so nothing is counted twice. A deadline that passed before the link is
+still a breach. The clocks' rows live in the same table as the cases' (`sla_clocks.case_id`
+is the subject's id); `sla_interactions` says which subjects are interactions.
+
 `SlaScheduler.run_once(now)` projects what is new, then records, through the application,
 a breached event for each clock whose deadline passed unmet (also for one met late while no
 scheduler ran), and an at-risk event for each clock past its at-risk time but not its
-deadline. The application stores each event at most once per case, metric, cycle and kind
-(`SlaRecord`), so restarts, a crash between recording and projecting, or two schedulers on
-one database never duplicate an event. The service calls `run_once` every tick.
+deadline. The application stores each event at most once per case (or interaction), metric,
+cycle and kind (`SlaRecord`), so restarts, a crash between recording and projecting, or two
+schedulers on one database never duplicate an event. The service calls `run_once` every tick.
+
+Interactions opened before this read model learnt about interaction clocks (whose events it
+had projected already) have none.
 """
 
 from __future__ import annotations
@@ -54,10 +81,21 @@ from crmcore.domain.case import (
 )
 from crmcore.domain.errors import NotFound
 from crmcore.domain.interaction import (
+    Abandoned,
+    Answered,
     AuthorKind,
+    Closed,
+    CustomerIdentified,
+    HandedOffToHuman,
+    InteractionEvent,
     InteractionOpened,
+    InteractionStatus,
     LinkedToCase,
     MessageAdded,
+    Queued,
+    Reopened,
+    Resolved,
+    Transferred,
 )
 from crmcore.domain.sla import (
     ClockState,
@@ -69,8 +107,10 @@ from crmcore.domain.sla import (
     SlaMetric,
     SlaPolicies,
     SlaPolicy,
+    SlaSubject,
+    interaction_priority,
 )
-from crmcore.domain.values import Channel
+from crmcore.domain.values import Channel, Direction
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +154,34 @@ _TABLES = (
         at_risk_sent INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (case_id, metric, cycle)
     )""",
+    """CREATE TABLE IF NOT EXISTS sla_interactions (
+        interaction_id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        customer_id TEXT,
+        channel TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        status TEXT NOT NULL,
+        timed INTEGER NOT NULL,
+        first_responded INTEGER NOT NULL,
+        cycles INTEGER NOT NULL,
+        linked_case_id TEXT
+    )""",
     "CREATE INDEX IF NOT EXISTS sla_clocks_breach ON sla_clocks (breach_due)",
     "CREATE INDEX IF NOT EXISTS sla_clocks_at_risk ON sla_clocks (at_risk_due)",
 )
 
 _OPEN_STATES = (ClockState.RUNNING, ClockState.PAUSED)
+#: Channels on which answering is the first response (the customer hears the agent).
+VOICE_CHANNELS = frozenset({Channel.PHONE, Channel.VIDEO})
+#: Statuses in which a customer's message starts no next-response wait.
+_DONE_STATUSES = frozenset(
+    {
+        InteractionStatus.RESOLVED,
+        InteractionStatus.CLOSED,
+        InteractionStatus.ABANDONED,
+        InteractionStatus.CONTAINED,
+    }
+)
 
 
 def _micros(moment: datetime) -> int:
@@ -130,8 +193,9 @@ def _moment(micros: int | None) -> datetime | None:
 
 
 class ClockView(msgspec.Struct, frozen=True, kw_only=True):
-    """One SLA clock of a case as the API shows it."""
+    """One SLA clock of a case (or of an interaction outside a case) as the API shows it."""
 
+    #: The case's id, or the interaction's (`subject`).
     case_id: UUID
     metric: SlaMetric
     cycle: int
@@ -146,12 +210,15 @@ class ClockView(msgspec.Struct, frozen=True, kw_only=True):
     breached: bool
     at_risk_recorded: bool
     breach_recorded: bool
+    subject: SlaSubject = SlaSubject.CASE
 
 
 class DueClock(msgspec.Struct, frozen=True, kw_only=True):
     """A clock whose at-risk or breached event is owed."""
 
+    #: The case's id, or the interaction's (`subject`).
     case_id: UUID
+    subject: SlaSubject
     metric: SlaMetric
     cycle: int
     kind: SlaEventKind
@@ -171,6 +238,21 @@ class _CaseRow(msgspec.Struct, kw_only=True):
     status: CaseStatus
     first_responded: bool
     cycles: int
+
+
+class _InteractionRow(msgspec.Struct, kw_only=True):
+    interaction_id: str
+    version: int
+    customer_id: str | None
+    channel: Channel
+    priority: CasePriority
+    status: InteractionStatus
+    #: Its clocks started (False while a bot handles it).
+    timed: bool
+    first_responded: bool
+    cycles: int
+    #: The case it was linked to: its clocks stopped there.
+    linked_case_id: str | None = None
 
 
 class SlaClocks:
@@ -202,6 +284,15 @@ class SlaClocks:
             InteractionOpened,
             LinkedToCase,
             MessageAdded,
+            CustomerIdentified,
+            Queued,
+            Answered,
+            Transferred,
+            HandedOffToHuman,
+            Resolved,
+            Reopened,
+            Closed,
+            Abandoned,
             SlaAtRisk,
             SlaBreached,
         ]
@@ -250,6 +341,12 @@ class SlaClocks:
                 case = self._case_row(cursor, case_id)
                 if case is not None:
                     count += self._rewrite(cursor, case, self._clocks(cursor, case_id))
+                    continue
+                interaction = self._interaction_row(cursor, case_id)
+                if interaction is not None:
+                    count += self._rewrite_interaction(
+                        cursor, interaction, self._clocks(cursor, case_id)
+                    )
             return count
 
     def _apply(self, cursor: Cursor, event: DomainEvent) -> None:
@@ -260,18 +357,20 @@ class SlaClocks:
             cursor.execute(
                 f"UPDATE sla_clocks SET {column} = 1 "
                 "WHERE case_id = ? AND metric = ? AND cycle = ?",
-                (str(event.case_id), str(event.metric), event.cycle),
+                (str(event.subject_id), str(event.metric), event.cycle),
             )
-        elif isinstance(event, InteractionOpened | LinkedToCase):
-            case_id = event.case_id
-            if case_id is not None:
-                cursor.execute(
-                    "INSERT INTO sla_links (interaction_id, case_id) VALUES (?, ?) "
-                    "ON CONFLICT (interaction_id) DO UPDATE SET case_id = excluded.case_id",
-                    (str(event.originator_id), str(case_id)),
-                )
-        elif isinstance(event, MessageAdded):
-            self._message(cursor, event)
+        elif isinstance(event, InteractionEvent):
+            if isinstance(event, InteractionOpened | LinkedToCase):
+                case_id = event.case_id
+                if case_id is not None:
+                    cursor.execute(
+                        "INSERT INTO sla_links (interaction_id, case_id) VALUES (?, ?) "
+                        "ON CONFLICT (interaction_id) DO UPDATE SET case_id = excluded.case_id",
+                        (str(event.originator_id), str(case_id)),
+                    )
+            elif isinstance(event, MessageAdded):
+                self._message(cursor, event)
+            self._interaction_event(cursor, event)
 
     def _case_event(self, cursor: Cursor, event: CaseEvent) -> None:
         case_id = str(event.originator_id)
@@ -372,7 +471,150 @@ class SlaClocks:
         self._save_case(cursor, case, insert=False)
         self._rewrite(cursor, case, [started])
 
+    def _interaction_event(self, cursor: Cursor, event: InteractionEvent) -> None:
+        """The clocks of an interaction outside any case (module docstring)."""
+        interaction_id = str(event.originator_id)
+        at = event.timestamp
+        if isinstance(event, InteractionOpened):
+            if event.case_id is not None or event.direction is not Direction.INBOUND:
+                return  # in a case from the start (its clocks count), or outbound
+            if self._interaction_row(cursor, interaction_id) is not None:
+                return  # seen already
+            opened = _InteractionRow(
+                interaction_id=interaction_id,
+                version=event.originator_version,
+                customer_id=None if event.customer_id is None else str(event.customer_id),
+                channel=event.channel,
+                priority=interaction_priority(0),
+                status=event.status,
+                timed=not event.handled_by_bot,
+                first_responded=False,
+                cycles=0,
+            )
+            self._save_interaction(cursor, opened, insert=True)
+            if opened.timed:
+                self._rewrite_interaction(cursor, opened, _first_clocks(at, responded=False))
+            return
+        row = self._interaction_row(cursor, interaction_id)
+        if row is None or row.linked_case_id is not None or row.version >= event.originator_version:
+            return
+        clocks = self._clocks(cursor, interaction_id)
+        row.version = event.originator_version
+        row.status = event.status
+        row.customer_id = None if event.customer_id is None else str(event.customer_id)
+        if isinstance(event, Queued | Transferred | Reopened | HandedOffToHuman):
+            row.priority = interaction_priority(event.requirements.priority)
+        if isinstance(event, LinkedToCase):
+            row.linked_case_id = str(event.case_id)
+            clocks = [clock.stop(at) for clock in clocks]
+        elif isinstance(event, HandedOffToHuman):
+            if not row.timed:
+                row.timed = True
+                clocks = _first_clocks(at, responded=row.first_responded)
+        elif isinstance(event, Answered):
+            if row.channel in VOICE_CHANNELS and not row.first_responded:
+                row.first_responded = True
+                clocks = _met(clocks, SlaMetric.FIRST_RESPONSE, at)
+        elif isinstance(event, MessageAdded):
+            clocks = self._interaction_message(row, clocks, event)
+        elif isinstance(event, Resolved):
+            clocks = [
+                clock.meet(at) if clock.metric is SlaMetric.RESOLUTION else clock.stop(at)
+                for clock in clocks
+            ]
+        elif isinstance(event, Reopened):
+            clocks = [
+                clock.restart(at) if clock.metric is SlaMetric.RESOLUTION else clock
+                for clock in clocks
+            ]
+        elif isinstance(event, Closed | Abandoned):
+            clocks = [clock.stop(at) for clock in clocks]
+        self._save_interaction(cursor, row, insert=False)
+        self._rewrite_interaction(cursor, row, clocks)
+
+    @staticmethod
+    def _interaction_message(
+        row: _InteractionRow, clocks: list[SlaClock], event: MessageAdded
+    ) -> list[SlaClock]:
+        entry = event.entry
+        at = event.timestamp
+        if not entry.public or entry.author_kind not in (AuthorKind.CUSTOMER, AuthorKind.AGENT):
+            return clocks
+        if entry.author_kind is AuthorKind.AGENT:
+            if not row.first_responded:
+                row.first_responded = True
+                return _met(clocks, SlaMetric.FIRST_RESPONSE, at)
+            return _met(clocks, SlaMetric.NEXT_RESPONSE, at)
+        waiting = any(
+            clock.metric is SlaMetric.NEXT_RESPONSE and clock.state in _OPEN_STATES
+            for clock in clocks
+        )
+        if not row.timed or not row.first_responded or waiting or row.status in _DONE_STATUSES:
+            return clocks  # before the first reply, the first-response clock is what runs
+        row.cycles += 1
+        return [
+            *clocks,
+            SlaClock(metric=SlaMetric.NEXT_RESPONSE, cycle=row.cycles, started_at=at),
+        ]
+
     # --- rows -------------------------------------------------------------------------------
+
+    def _interaction_row(self, cursor: Cursor, interaction_id: str) -> _InteractionRow | None:
+        cursor.execute(
+            "SELECT interaction_id, version, customer_id, channel, priority, status, timed, "
+            "first_responded, cycles, linked_case_id FROM sla_interactions "
+            "WHERE interaction_id = ?",
+            (interaction_id,),
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return _InteractionRow(
+            interaction_id=str(row[0]),
+            version=int(row[1]),
+            customer_id=None if row[2] is None else str(row[2]),
+            channel=Channel(row[3]),
+            priority=CasePriority(row[4]),
+            status=InteractionStatus(row[5]),
+            timed=bool(row[6]),
+            first_responded=bool(row[7]),
+            cycles=int(row[8]),
+            linked_case_id=None if row[9] is None else str(row[9]),
+        )
+
+    def _save_interaction(self, cursor: Cursor, row: _InteractionRow, *, insert: bool) -> None:
+        columns = (
+            row.version,
+            row.customer_id,
+            str(row.channel),
+            str(row.priority),
+            str(row.status),
+            int(row.timed),
+            int(row.first_responded),
+            row.cycles,
+            row.linked_case_id,
+            row.interaction_id,
+        )
+        if insert:
+            cursor.execute(
+                "INSERT INTO sla_interactions (version, customer_id, channel, priority, status, "
+                "timed, first_responded, cycles, linked_case_id, interaction_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                columns,
+            )
+        else:
+            cursor.execute(
+                "UPDATE sla_interactions SET version = ?, customer_id = ?, channel = ?, "
+                "priority = ?, status = ?, timed = ?, first_responded = ?, cycles = ?, "
+                "linked_case_id = ? WHERE interaction_id = ?",
+                columns,
+            )
+
+    def _rewrite_interaction(
+        self, cursor: Cursor, row: _InteractionRow, clocks: Iterable[SlaClock]
+    ) -> int:
+        policy = self.policies.policy_for(row.channel, row.priority)
+        return self._rewrite_clocks(cursor, row.interaction_id, policy, clocks)
 
     def _case_row(self, cursor: Cursor, case_id: str) -> _CaseRow | None:
         cursor.execute(
@@ -426,6 +668,15 @@ class SlaClocks:
     def _rewrite(self, cursor: Cursor, case: _CaseRow, clocks: Iterable[SlaClock]) -> int:
         """Stores the clocks with their deadlines under the case's policy (chosen now)."""
         policy = self.policies.policy_for(case.channel, case.priority)
+        return self._rewrite_clocks(cursor, case.case_id, policy, clocks)
+
+    def _rewrite_clocks(
+        self,
+        cursor: Cursor,
+        subject_id: str,
+        policy: SlaPolicy | None,
+        clocks: Iterable[SlaClock],
+    ) -> int:
         count = 0
         for clock in clocks:
             due_at, at_risk_at, breach_due, at_risk_due, target = self._deadlines(policy, clock)
@@ -438,7 +689,7 @@ class SlaClocks:
                 "due_at = excluded.due_at, at_risk_at = excluded.at_risk_at, "
                 "breach_due = excluded.breach_due, at_risk_due = excluded.at_risk_due",
                 (
-                    case.case_id,
+                    subject_id,
                     str(clock.metric),
                     clock.cycle,
                     str(clock.state),
@@ -479,17 +730,17 @@ class SlaClocks:
         while the deadline is known and still ahead: after it, the breach says more)."""
         at = _micros(now)
         rows = self.store.query(
-            "SELECT case_id, metric, cycle, policy, target_s, clock, due_at, at_risk_at "
-            "FROM sla_clocks WHERE breach_due IS NOT NULL AND breach_due <= ? "
-            "AND breach_sent = 0 ORDER BY breach_due LIMIT ?",
+            f"SELECT {_DUE_COLUMNS} FROM {_DUE_FROM} "
+            "WHERE c.breach_due IS NOT NULL AND c.breach_due <= ? "
+            "AND c.breach_sent = 0 ORDER BY c.breach_due LIMIT ?",
             (at, limit),
         )
         found = [self._due(row, SlaEventKind.BREACHED) for row in rows]
         rows = self.store.query(
-            "SELECT case_id, metric, cycle, policy, target_s, clock, due_at, at_risk_at "
-            "FROM sla_clocks WHERE at_risk_due IS NOT NULL AND at_risk_due <= ? "
-            "AND at_risk_sent = 0 AND breach_sent = 0 AND due_at IS NOT NULL AND due_at > ? "
-            "ORDER BY at_risk_due LIMIT ?",
+            f"SELECT {_DUE_COLUMNS} FROM {_DUE_FROM} "
+            "WHERE c.at_risk_due IS NOT NULL AND c.at_risk_due <= ? "
+            "AND c.at_risk_sent = 0 AND c.breach_sent = 0 AND c.due_at IS NOT NULL "
+            "AND c.due_at > ? ORDER BY c.at_risk_due LIMIT ?",
             (at, at, limit),
         )
         found += [self._due(row, SlaEventKind.AT_RISK) for row in rows]
@@ -497,12 +748,13 @@ class SlaClocks:
 
     @staticmethod
     def _due(row: tuple[Any, ...], kind: SlaEventKind) -> DueClock:
-        case_id, metric, cycle, policy, target_s, raw, due_at, at_risk_at = row
+        case_id, metric, cycle, policy, target_s, raw, due_at, at_risk_at, interaction = row
         clock = _clock_decoder.decode(bytes(raw))
         due = _moment(due_at)
         assert due is not None  # both queries ask for a deadline
         return DueClock(
             case_id=UUID(str(case_id)),
+            subject=SlaSubject.CASE if interaction is None else SlaSubject.INTERACTION,
             metric=SlaMetric(metric),
             cycle=int(cycle),
             kind=kind,
@@ -517,16 +769,35 @@ class SlaClocks:
         """The SLA clocks of a case (after catching up), first response, next responses,
         resolution; NotFound for a case this read model never saw."""
         self.catch_up()
-        moment = now or datetime.now(UTC)
+        if not self.store.query("SELECT 1 FROM sla_cases WHERE case_id = ?", (str(case_id),)):
+            raise NotFound("case", case_id)
+        return self._views(case_id, SlaSubject.CASE, now or datetime.now(UTC))
+
+    def clocks_of_interaction(
+        self, interaction_id: UUID, *, now: datetime | None = None
+    ) -> tuple[ClockView, ...]:
+        """The SLA clocks of an interaction of its own, outside any case (after catching up):
+        none for one opened in a case, outbound or never seen; stopped ones for one linked to
+        a case later (`linked_case_of` says which: that case's clocks count now)."""
+        self.catch_up()
+        return self._views(interaction_id, SlaSubject.INTERACTION, now or datetime.now(UTC))
+
+    def linked_case_of(self, interaction_id: UUID) -> UUID | None:
+        """The case whose clocks took over from an interaction's own (None: not linked)."""
+        rows = self.store.query(
+            "SELECT linked_case_id FROM sla_interactions WHERE interaction_id = ?",
+            (str(interaction_id),),
+        )
+        return UUID(str(rows[0][0])) if rows and rows[0][0] is not None else None
+
+    def _views(
+        self, subject_id: UUID, subject: SlaSubject, moment: datetime
+    ) -> tuple[ClockView, ...]:
         rows = self.store.query(
             "SELECT metric, cycle, clock, policy, target_s, due_at, at_risk_at, breach_sent, "
             "at_risk_sent FROM sla_clocks WHERE case_id = ?",
-            (str(case_id),),
+            (str(subject_id),),
         )
-        if not rows and not self.store.query(
-            "SELECT 1 FROM sla_cases WHERE case_id = ?", (str(case_id),)
-        ):
-            raise NotFound("case", case_id)
         order = list(SlaMetric)
         views: list[ClockView] = []
         for (
@@ -545,7 +816,8 @@ class SlaClocks:
             end = clock.ended_at or moment
             views.append(
                 ClockView(
-                    case_id=case_id,
+                    case_id=subject_id,
+                    subject=subject,
                     metric=SlaMetric(metric),
                     cycle=int(cycle),
                     state=clock.state,
@@ -562,6 +834,27 @@ class SlaClocks:
             )
         views.sort(key=lambda view: (order.index(view.metric), view.cycle))
         return tuple(views)
+
+
+_DUE_COLUMNS = (
+    "c.case_id, c.metric, c.cycle, c.policy, c.target_s, c.clock, c.due_at, c.at_risk_at, "
+    "i.interaction_id"
+)
+_DUE_FROM = "sla_clocks c LEFT JOIN sla_interactions i ON i.interaction_id = c.case_id"
+
+
+def _first_clocks(at: datetime, *, responded: bool) -> list[SlaClock]:
+    """The clocks an interaction's SLA starts with at `at` (no first-response clock when an
+    agent replied already)."""
+    clocks = [SlaClock(metric=SlaMetric.RESOLUTION, cycle=1, started_at=at)]
+    if not responded:
+        clocks.insert(0, SlaClock(metric=SlaMetric.FIRST_RESPONSE, cycle=1, started_at=at))
+    return clocks
+
+
+def _met(clocks: list[SlaClock], metric: SlaMetric, at: datetime) -> list[SlaClock]:
+    """The open clocks of `metric` met at `at`, the others as they were."""
+    return [clock.meet(at) if clock.metric is metric else clock for clock in clocks]
 
 
 def _locked_position(cursor: Cursor, dialect: str, projection: str) -> int:
@@ -599,8 +892,13 @@ class SlaScheduler:
         self.clocks.catch_up()
         recorded: list[SlaEvent] = []
         for due in self.clocks.due(moment):
+            record = (
+                self.app.record_sla_event
+                if due.subject is SlaSubject.CASE
+                else self.app.record_interaction_sla_event
+            )
             try:
-                event = self.app.record_sla_event(
+                event = record(
                     due.case_id,
                     kind=due.kind,
                     metric=due.metric,
@@ -613,7 +911,7 @@ class SlaScheduler:
                     at=moment,
                 )
             except NotFound:
-                log.warning("SLA clock of unknown case %s skipped", due.case_id)
+                log.warning("SLA clock of unknown %s %s skipped", due.subject, due.case_id)
                 continue
             if event is not None:
                 recorded.append(event)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 #: Modules under crmcore.cli that add sub-commands; each defines `register(subparsers)`.
-AREAS: tuple[str, ...] = ("up", "demo", "directory", "events", "metrics")
+AREAS: tuple[str, ...] = ("up", "demo", "directory", "events", "metrics", "audit", "tokens", "keys")
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -26,8 +26,15 @@ import grpc
 from google.protobuf import json_format, message
 
 from crm.v1 import common_pb2, customer_pb2, customer_pb2_grpc, routing_pb2, routing_pb2_grpc
-from crmcore.cli.stack import recorded_endpoints
-from crmcore.config import ConfigurationError, ServiceName, persistence_from_env, service_from_env
+from crmcore.adapters.grpc.channels import open_blocking_channel
+from crmcore.cli.stack import MissingToken, client_token, recorded_endpoints
+from crmcore.config import (
+    ConfigurationError,
+    ServiceName,
+    client_tls_from_env,
+    persistence_from_env,
+    service_from_env,
+)
 
 RPC_TIMEOUT_S = 15.0
 
@@ -112,7 +119,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _rpc(what: str, address: str, call: Callable[[grpc.Channel], int]) -> int:
-    with grpc.insecure_channel(address) as channel:
+    try:
+        token = client_token()
+        tls = client_tls_from_env()
+    except (MissingToken, ConfigurationError) as error:
+        print(f"crm: {error}", file=sys.stderr)
+        return 1
+    with open_blocking_channel(address, token=token, tls=tls) as channel:
         try:
             return call(channel)
         except grpc.RpcError as error:
@@ -126,6 +139,12 @@ def _rpc(what: str, address: str, call: Callable[[grpc.Channel], int]) -> int:
                 return 1
             name = code.name if code is not None else "error"
             print(f"crm: {name}: {details}", file=sys.stderr)
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                print(
+                    "crm: the token sent (CRM_TOKEN, else the stack's admin.token) is not "
+                    "accepted: set CRM_TOKEN to a live token's bearer",
+                    file=sys.stderr,
+                )
             return 2 if code == grpc.StatusCode.INVALID_ARGUMENT else 1
 
 

@@ -20,7 +20,13 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from crmcore.config import ConfigurationError, bus_from_env, metrics_from_env, service_from_env
+from crmcore.config import (
+    ConfigurationError,
+    bus_from_env,
+    client_tls_from_env,
+    metrics_from_env,
+    service_from_env,
+)
 
 PERIODS = (
     "today",
@@ -140,6 +146,8 @@ def _kpis(args: argparse.Namespace) -> int:
 
     from crm.v1 import metrics_pb2 as pb
     from crm.v1 import metrics_pb2_grpc
+    from crmcore.adapters.grpc.channels import open_blocking_channel
+    from crmcore.cli.stack import MissingToken, client_token
 
     try:
         address = args.address or service_from_env("metrics").address
@@ -152,7 +160,13 @@ def _kpis(args: argparse.Namespace) -> int:
         group_by=[pb.Dimension.Value(_DIMENSION_NAMES[name]) for name in args.group_by],
     )
     try:
-        with grpc.insecure_channel(address) as channel:
+        token = client_token()
+        tls = client_tls_from_env()
+    except (MissingToken, ConfigurationError) as error:
+        print(f"crm kpis: {error}", file=sys.stderr)
+        return 1
+    try:
+        with open_blocking_channel(address, token=token, tls=tls) as channel:
             report = metrics_pb2_grpc.MetricsServiceStub(channel).GetKpis(
                 request, timeout=RPC_TIMEOUT_S
             )

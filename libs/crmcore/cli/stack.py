@@ -6,6 +6,10 @@ port, its store in the data directory; each service is `python -m services.<name
 configured address, its SQLite files in the data directory (or PostgreSQL when
 `CRM_PERSISTENCE=postgres`), so data survives restarts.
 
+Before the services start, the stack makes sure an admin token exists: the one in
+`<data dir>/admin.token` if it still works, else a new one written there (mode 0600). The CLI
+clients send `CRM_TOKEN` or, failing that, this file's token (`client_token`).
+
 While the stack runs, `<data dir>/endpoints.json` says where everything listens and which
 processes it runs (`pids`); `running_stack_endpoints(data_dir)` reads it back for the CLI.
 The services and NATS run in their own sessions, so a Ctrl-C meant for `crm up` reaches only
@@ -29,23 +33,42 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from crmcore.adapters.grpc.channels import open_blocking_channel
 from crmcore.adapters.nats_server import NatsServer, die_with_parent
+from crmcore.application.access import (
+    ADMIN_TOKEN_FILE,
+    AccessApplication,
+    read_token_file,
+    write_token_file,
+)
 from crmcore.config import (
     PersistenceSettings,
     ServiceName,
+    access_from_env,
     bus_from_env,
     child_environment,
+    client_tls_from_env,
     metrics_from_env,
     persistence_from_env,
     service_from_env,
 )
+from crmcore.domain.access import ADMIN_SCOPE, Unauthenticated
 
 SERVICES: tuple[ServiceName, ...] = ("customer", "interaction", "routing", "metrics")
 ENDPOINTS_FILE = "endpoints.json"
 
 
+#: Name of the admin token `crm up` issues; with no practical rate limit (the demo's load).
+STACK_TOKEN_NAME = "crm-up-admin"
+STACK_TOKEN_RATE_PER_S = 100_000.0
+
+
 class StackError(RuntimeError):
     """The stack could not start; the message says which part and why."""
+
+
+class MissingToken(StackError):
+    """A client command has no access token to send; the message says how to get one."""
 
 
 @dataclass
@@ -59,11 +82,17 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     prometheus: str | None = None
     storage: str = ""
+    #: The admin token the stack made sure of (also in `<data dir>/admin.token`).
+    admin_token: str = ""
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     @property
     def endpoints_file(self) -> Path:
         return self.data_dir / ENDPOINTS_FILE
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / ADMIN_TOKEN_FILE
 
     @property
     def pids(self) -> dict[str, int]:
@@ -110,7 +139,8 @@ class Stack:
 
 
 def _healthy(address: str, timeout_s: float) -> bool:
-    with grpc.insecure_channel(address) as channel:
+    # Health needs no token; TLS as the clients are configured (CRM_TLS_CA_FILE, …).
+    with open_blocking_channel(address, tls=client_tls_from_env()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
@@ -140,6 +170,44 @@ def running_stack_endpoints(data_dir: Path) -> dict[str, str] | None:
     if all(_healthy(str(address), 1.0) for address in services.values()):
         return {name: value for name, value in endpoints.items() if isinstance(value, str)}
     return None
+
+
+def client_token(data_dir: Path | None = None) -> str:
+    """The bearer a client command sends: `CRM_TOKEN`, else the running stack's
+    `<data dir>/admin.token`; MissingToken (saying what to do) when there is neither."""
+    configured = access_from_env().client_token
+    if configured is not None:
+        return configured
+    if data_dir is None:
+        data_dir = persistence_from_env(default_kind="sqlite").data_dir
+    token = read_token_file(data_dir.resolve())
+    if token is not None:
+        return token
+    raise MissingToken(
+        f"no access token: set CRM_TOKEN to a token's bearer (an admin runs `crm tokens create "
+        f"--name NAME --scope SCOPE` to issue one), or run `crm up`, which writes "
+        f"{data_dir.resolve() / ADMIN_TOKEN_FILE}"
+    )
+
+
+def ensure_admin_token(persistence: PersistenceSettings, data_dir: Path) -> str:
+    """The admin token of the stack: `<data dir>/admin.token` when it still authenticates
+    against the store, else a new admin token written there (mode 0600)."""
+    app = AccessApplication(persistence)
+    try:
+        existing = read_token_file(data_dir)
+        if existing is not None:
+            try:
+                app.verify(existing)
+            except Unauthenticated:  # malformed, unknown, revoked: replaced below
+                pass
+            else:
+                return existing
+        issued = app.issue_token(STACK_TOKEN_NAME, [ADMIN_SCOPE], rate_per_s=STACK_TOKEN_RATE_PER_S)
+    finally:
+        app.close()
+    write_token_file(data_dir, issued.bearer)
+    return issued.bearer
 
 
 def configured_endpoints() -> dict[str, str]:
@@ -187,6 +255,7 @@ def start_stack(*, log_dir: Path | None = None, startup_timeout_s: float = 90.0)
     )
     nats_url = stack.nats_url
     try:
+        stack.admin_token = ensure_admin_token(persistence, data_dir)
         if nats is not None:
             nats.start()
         for name in SERVICES:

@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "interaction, routing and metrics services on SQLite in CRM_DATA_DIR (default "
             ".crm-data; PostgreSQL when CRM_PERSISTENCE=postgres), waits until every health "
             "check reports SERVING, prints the endpoints, and stops everything on Ctrl-C or "
-            "SIGTERM. Data stays in the data directory across restarts."
+            "SIGTERM. Data stays in the data directory across restarts. Prints the admin token "
+            "(kept in <data dir>/admin.token, mode 0600) that the crm commands send."
         ),
     )
     parser.set_defaults(handler=run_up)
@@ -41,6 +42,10 @@ def print_endpoints(stack: Stack) -> None:
     if stack.prometheus is not None:
         print(f"{'prometheus':<15} http://{stack.prometheus}/metrics")
     print(f"{'logs':<15} {stack.data_dir / 'logs'}")
+    print(f"{'admin token':<15} {stack.admin_token}")
+    print(
+        f"{'':<15} (in {stack.admin_token_file}; the crm commands use it unless CRM_TOKEN is set)"
+    )
 
 
 def run_up(args: argparse.Namespace) -> int:

@@ -44,8 +44,6 @@ AGENT_REQUEST_NAMESPACE = uuid5(NAMESPACE_URL, "urn:crm:routing:agent-request-id
 EXCLUSIVE_CHANNELS: frozenset[Channel] = frozenset({Channel.PHONE, Channel.VIDEO})
 
 _SKILL_NAME = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")
-# Short BCP 47 tags: language, optional script, optional region ("ja", "zh-Hant-TW", "es-419").
-_LANGUAGE_TAG = re.compile(r"([a-zA-Z]{2,3})(?:-([a-zA-Z]{4}))?(?:-([a-zA-Z]{2}|[0-9]{3}))?")
 
 
 class Presence(enum.StrEnum):
@@ -179,23 +177,6 @@ def level(value: int, field: str) -> int:
     return values.score(value, field, low=MIN_LEVEL, high=MAX_LEVEL)
 
 
-def language_tag(value: str, field: str) -> str:
-    """A short BCP 47 tag in canonical case (`EN-us` → `en-US`, `zh-hant-tw` → `zh-Hant-TW`)."""
-    stripped = value.strip()
-    match = _LANGUAGE_TAG.fullmatch(stripped)
-    if match is None:
-        raise InvalidValue(
-            field, f"{stripped!r} is not a short BCP 47 language tag like 'ja' or 'en-US'"
-        )
-    language, script, region = match.groups()
-    parts = [language.lower()]
-    if script:
-        parts.append(script.title())
-    if region:
-        parts.append(region.upper())
-    return "-".join(parts)
-
-
 def language_matches(spoken: str, wanted: str) -> bool:
     """Whether an agent speaking `spoken` serves work in `wanted`: the same tag, or one is a
     more general form of the other (`en` serves `en-US`; `en-US` serves `en`; `en-GB` does
@@ -226,7 +207,7 @@ def check_languages(raw: Sequence[str], field: str = "languages") -> tuple[str, 
         raise InvalidValue(field, f"more than {MAX_LANGUAGES} languages")
     seen: dict[str, int] = {}
     for index, value in enumerate(raw):
-        tag = language_tag(value, f"{field}[{index}]")
+        tag = values.language_tag(value, f"{field}[{index}]")
         if tag in seen:
             raise InvalidValue(
                 f"{field}[{index}]", f"duplicate language {tag!r} (also {field}[{seen[tag]}])"
@@ -278,7 +259,9 @@ def check_requirements(raw: Requirements, field: str = "requirements") -> Requir
                 skill=name, min_level=level(requirement.min_level, f"{where}.min_level")
             )
         )
-    language = None if raw.language is None else language_tag(raw.language, f"{field}.language")
+    language = (
+        None if raw.language is None else values.language_tag(raw.language, f"{field}.language")
+    )
     return Requirements(skills=tuple(checked), language=language)
 
 

@@ -19,11 +19,16 @@ class DomainEvent(msgspec.Struct, frozen=True, kw_only=True):
     """A fact that happened to one aggregate, at one version, at one time.
 
     `originator_id` is annotated as a concrete `UUID` so that typed decoding gives back a UUID.
+    `actor` says who caused it (the audit trail): `token:<name>` of the authenticated caller,
+    `system:<name>` for a service's own background work, "" when nobody was identified
+    (in-process library use without `acting_as`, a service running without authentication,
+    events stored before actors were recorded). The application stamps it when storing.
     """
 
     originator_id: UUID
     originator_version: int
     timestamp: datetime
+    actor: str = ""
 
     #: The bounded context: `customer`, `interaction`, `routing`, `voc`… (each context's base
     #: event sets it); first part of the bus subject and CloudEvents type after `crm.`.

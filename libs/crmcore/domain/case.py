@@ -8,6 +8,12 @@ once, in `CASE_TRANSITIONS` and `CASE_STATUS_CHANGES`.
 
 Case events belong to the `interaction` context; their names start with `Case`
 (`crm.interaction.case_opened`).
+
+Personal data: a case's subject, its resolution and the reason given for a reopening are free
+text about the customer. The events name them (`personal_fields`) like the interaction events
+do (`crmcore.domain.interaction`): sealed with the customer's key (the case's own when it has
+no customer), blanked in the `redacted()` form the bus carries. The contact reason and the
+priority are labels the SLAs and KPIs need: they stay in clear.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import enum
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import ClassVar, NamedTuple, TypedDict
+from typing import ClassVar, NamedTuple, Self, TypedDict
 from uuid import UUID
 
 from crmcore.domain import values
 from crmcore.domain.base import Aggregate, Event, advance
 from crmcore.domain.errors import InvalidValue, RuleViolation
+from crmcore.domain.interaction import redacted_copy
 
 DEFAULT_REOPEN_WINDOW = timedelta(days=7)
 MAX_REOPEN_WINDOW = timedelta(days=365)
@@ -317,6 +324,16 @@ class CaseEvent(Event[Case], frozen=True, kw_only=True):
     reason: str | None
     priority: CasePriority
 
+    #: Top-level fields holding personal data (module docstring).
+    personal_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def personal_data_subject(self) -> UUID:
+        """Whose key seals the personal fields: the customer's, else the case's own."""
+        return self.customer_id or self.originator_id
+
+    def redacted(self) -> Self:
+        return redacted_copy(self, self.personal_fields)
+
     def bus_attributes(self) -> dict[str, str]:
         if self.customer_id is None:
             return {}
@@ -327,6 +344,8 @@ class CaseEvent(Event[Case], frozen=True, kw_only=True):
 
 
 class CaseOpened(CaseEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"subject"})
+
     subject: str
     reopen_window: timedelta
     channel: values.Channel | None = None
@@ -383,6 +402,8 @@ class CaseFirstResponded(CaseEvent, frozen=True, kw_only=True):
 
 
 class CaseSolved(CaseEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"resolution"})
+
     resolution: str | None
     created_at: datetime
     first_response_at: datetime | None
@@ -401,6 +422,8 @@ class CaseSolved(CaseEvent, frozen=True, kw_only=True):
 
 
 class CaseReopened(CaseEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"reopen_reason"})
+
     reopen_reason: str | None
     solved_at: datetime
 

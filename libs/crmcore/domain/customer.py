@@ -51,8 +51,6 @@ MAX_REQUEST_ID_LENGTH = 128
 DEVELOPMENT_INDEX_SECRET = b"crm-development-index-secret: not for production"
 REQUEST_KEY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:crm:customer:request-id")
 
-# Short BCP 47 tags: language, optional script, optional region ("ja", "zh-Hant-TW", "es-419").
-_LANGUAGE_TAG = re.compile(r"([a-zA-Z]{2,3})(?:-([a-zA-Z]{4}))?(?:-([a-zA-Z]{2}|[0-9]{3}))?")
 _NETWORK = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 _PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
@@ -205,19 +203,7 @@ class Subscription(msgspec.Struct, frozen=True, kw_only=True):
 
 def _language(value: str, field: str = "language") -> str:
     """A short BCP 47 tag in canonical case (`EN-us` → `en-US`), or "" when unknown."""
-    value = value.strip()
-    if not value:
-        return ""
-    match = _LANGUAGE_TAG.fullmatch(value)
-    if match is None:
-        raise InvalidValue(field, f"{value!r} is not a language tag like 'ja' or 'en-US'")
-    language, script, region = match.groups()
-    parts = [language.lower()]
-    if script:
-        parts.append(script.title())
-    if region:
-        parts.append(region.upper())
-    return "-".join(parts)
+    return values.language_tag(value, field) if value.strip() else ""
 
 
 def _time_zone(value: str, field: str = "time_zone") -> str:

@@ -8,6 +8,14 @@ value set by a person is not overwritten by a model or a rule.
 
 Departments subscribe to these events by subject: `crm.voc.survey.<kind>` and
 `crm.voc.feedback.<category>` (ARCHITECTURE.md, "Events on the bus").
+
+Personal data: the customer's own words (a feedback's `text`, a survey's `comment`) are
+sealed in the store with the customer's data key (else the key of the interaction they came
+from, else the item's own) and blanked in the `redacted()` form, which is what the bus
+carries. Departments get what they act on in clear: category, sentiment (label and score),
+topics, who set each, the survey kind and score, and the customer, interaction, case and
+channel ids to look the words up through the interaction API while the customer is not
+erased. The words are classified before they are sealed, so classification is unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, Self
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import msgspec
@@ -25,6 +33,7 @@ import msgspec
 from crmcore.domain import values
 from crmcore.domain.base import Aggregate, Event, advance
 from crmcore.domain.errors import InvalidValue, RuleViolation
+from crmcore.domain.interaction import redacted_copy
 
 SURVEY_RESPONSE_NAMESPACE = uuid5(NAMESPACE_URL, "urn:crm:voc:survey-response")
 MAX_SURVEY_ID_LENGTH = 200
@@ -175,6 +184,16 @@ class SurveyAnswered(Event[SurveyResponse], frozen=True, kw_only=True):
     case_id: UUID | None
     agent_id: UUID | None
     channel: values.Channel | None
+
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"comment"})
+
+    def personal_data_subject(self) -> UUID:
+        """The customer's key; else the rated interaction's (handed to the customer when it
+        is identified); else the response's own."""
+        return self.customer_id or self.interaction_id or self.originator_id
+
+    def redacted(self) -> Self:
+        return redacted_copy(self, self.personal_fields)
 
     def bus_subject(self) -> str:
         return f"crm.voc.survey.{self.kind}"
@@ -407,6 +426,15 @@ class FeedbackEvent(Event[Feedback], frozen=True, kw_only=True):
     sentiment_set_by: Setter
     topics: tuple[str, ...]
     topics_set_by: Setter
+
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"text"})
+
+    def personal_data_subject(self) -> UUID:
+        """The customer's key; else the interaction's it came from; else the feedback's own."""
+        return self.customer_id or self.interaction_id or self.originator_id
+
+    def redacted(self) -> Self:
+        return redacted_copy(self, self.personal_fields)
 
     def bus_subject(self) -> str:
         return f"crm.voc.feedback.{self.category}"

@@ -11,6 +11,17 @@ once, in `TRANSITIONS`; every command checks it and returns events without chang
 Every event carries what the KPIs and the routing service need without looking at any state:
 channel, direction, customer, queue, agent, contact reason, the status after the event, and
 the times a duration starts from (`queued_at` on `Answered`, …).
+
+Personal data and erasure: what a customer or an agent wrote or said about the customer
+(transcript entries, internal notes, resolutions, the reasons of transfers, escalations,
+reopenings and bot hand-offs) is personal. Each event names those fields (`personal_fields`)
+and gives its `redacted()` form: the texts blanked, everything else kept (who wrote an entry,
+whether it was public, when; tiers, queues, agents, times), so the history and the KPIs stay
+whole. The store seals the personal fields with the data key of `personal_data_subject()`:
+the customer once known, else the interaction itself (that key is handed to the customer when
+the interaction is identified); erasing the customer destroys the keys, and the bus only
+ever carries the redacted form (`crmcore.application.interactions`). Contact reasons and tags
+are labels for routing and KPIs, not personal data: they stay in clear.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
-from typing import ClassVar, NamedTuple, TypedDict
+from typing import ClassVar, NamedTuple, Self, TypedDict, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 import msgspec
@@ -45,8 +56,6 @@ MAX_REQUEST_ID_LENGTH = 128
 REQUEST_KEY_NAMESPACE = uuid5(NAMESPACE_URL, "urn:crm:interaction:request-id")
 
 _SKILL = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")
-# Short BCP 47 tags: language, optional script, optional region ("ja", "zh-Hant-TW", "es-419").
-_LANGUAGE_TAG = re.compile(r"([a-zA-Z]{2,3})(?:-([a-zA-Z]{4}))?(?:-([a-zA-Z]{2}|[0-9]{3}))?")
 
 
 class InteractionStatus(enum.StrEnum):
@@ -211,21 +220,38 @@ class Escalation(msgspec.Struct, frozen=True, kw_only=True):
     at: datetime
 
 
+# --- personal data ----------------------------------------------------------------------------
+
+TStruct = TypeVar("TStruct", bound=msgspec.Struct)
+
+
+def blank_personal(value: object) -> object:
+    """The redacted form of a personal value: its text blanked, the structure around it kept
+    (a transcript entry keeps its author, visibility and time; an escalation its tier)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return ""
+    if isinstance(value, TranscriptEntry):
+        return msgspec.structs.replace(value, text="")
+    if isinstance(value, Escalation):
+        return msgspec.structs.replace(value, reason="")
+    if isinstance(value, tuple):
+        return tuple(blank_personal(item) for item in value)
+    raise TypeError(f"no blank value for a personal field of type {type(value).__name__}")
+
+
+def redacted_copy(event: TStruct, personal_fields: frozenset[str]) -> TStruct:
+    """`event` with each of its personal fields blanked (`blank_personal`)."""
+    changes = {
+        name: blank_personal(getattr(event, name))
+        for name in personal_fields
+        if getattr(event, name) is not None
+    }
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
 # --- validation of raw values ---------------------------------------------------------------
-
-
-def language_tag(value: str, field: str = "language") -> str:
-    """A short BCP 47 tag in canonical case (`EN-us` → `en-US`)."""
-    match = _LANGUAGE_TAG.fullmatch(value.strip())
-    if match is None:
-        raise InvalidValue(field, f"{value!r} is not a language tag like 'ja' or 'en-US'")
-    language, script, region = match.groups()
-    parts = [language.lower()]
-    if script:
-        parts.append(script.title())
-    if region:
-        parts.append(region.upper())
-    return "-".join(parts)
 
 
 def queue_name(value: str, field: str = "queue") -> str:
@@ -255,7 +281,7 @@ def routing_requirements(
         skills[skill] = SkillRequirement(skill=skill, min_level=level)
     language = requirements.language
     if language is not None:
-        language = language_tag(language, f"{field}.language")
+        language = values.language_tag(language, f"{field}.language")
     priority = values.score(
         requirements.priority, f"{field}.priority", low=MIN_PRIORITY, high=MAX_PRIORITY
     )
@@ -736,6 +762,18 @@ class InteractionEvent(Event[Interaction], frozen=True, kw_only=True):
     agent_id: UUID | None
     contact_reason: str | None
 
+    #: Top-level fields holding personal data (module docstring); none unless a subclass says.
+    personal_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def personal_data_subject(self) -> UUID:
+        """Whose key seals the personal fields: the customer's, else the interaction's own."""
+        return self.customer_id or self.originator_id
+
+    def redacted(self) -> Self:
+        """This event without personal data: what the bus carries, and what is read back once
+        the key was destroyed."""
+        return redacted_copy(self, self.personal_fields)
+
     def bus_attributes(self) -> dict[str, str]:
         attributes = {"channel": str(self.channel)}
         if self.customer_id is not None:
@@ -851,6 +889,8 @@ class Resumed(InteractionEvent, frozen=True, kw_only=True):
 
 
 class MessageAdded(InteractionEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"entry"})
+
     entry: TranscriptEntry
     #: The first public reply of an agent (first response time; bots do not count).
     first_agent_response: bool
@@ -867,6 +907,8 @@ class MessageAdded(InteractionEvent, frozen=True, kw_only=True):
 
 
 class Transferred(InteractionEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"reason"})
+
     from_queue: str | None
     to_queue: str | None
     to_agent_id: UUID | None
@@ -889,6 +931,8 @@ class Transferred(InteractionEvent, frozen=True, kw_only=True):
 
 
 class Escalated(InteractionEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"escalation"})
+
     escalation: Escalation
 
     def apply(self, state: Interaction) -> Interaction:
@@ -909,6 +953,8 @@ class WrapUpStarted(InteractionEvent, frozen=True, kw_only=True):
 
 
 class Resolved(InteractionEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"resolution"})
+
     resolution: str | None
     created_at: datetime
     answered_at: datetime | None
@@ -932,6 +978,8 @@ class Resolved(InteractionEvent, frozen=True, kw_only=True):
 
 
 class Reopened(InteractionEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"reason"})
+
     reason: str | None
     requirements: RoutingRequirements
     waiting_since: datetime
@@ -961,6 +1009,8 @@ class Abandoned(InteractionEvent, frozen=True, kw_only=True):
 
 
 class BotContained(InteractionEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"resolution"})
+
     resolution: str | None
 
     def apply(self, state: Interaction) -> Interaction:
@@ -968,6 +1018,8 @@ class BotContained(InteractionEvent, frozen=True, kw_only=True):
 
 
 class HandedOffToHuman(InteractionEvent, frozen=True, kw_only=True):
+    personal_fields: ClassVar[frozenset[str]] = frozenset({"reason", "transcript"})
+
     reason: str
     requirements: RoutingRequirements
     #: The whole conversation with the bot, for the agent who takes over.

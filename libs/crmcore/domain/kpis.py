@@ -371,8 +371,10 @@ class KpiPolicy(msgspec.Struct, frozen=True, kw_only=True):
       reason within N days of its first resolution. Provisional until the window closes.
     - `bot_repeat_window_hours`: a contained bot conversation followed by another contact of
       the same customer within this window was not really contained.
-    - `first_response_target_s`, `resolution_target_s`: SLA targets (calendar time) for
-      SLA attainment.
+    - `first_response_target_s`, `resolution_target_s`: calendar-time targets of the
+      `*_within_calendar_target` figures. They are not the SLA: SLA attainment
+      (`sla_attainment`) counts the interaction service's SLA events, whose deadlines run in
+      the business hours of the SLA policies.
     """
 
     service_level: ServiceLevelPolicy = msgspec.field(default_factory=ServiceLevelPolicy)
@@ -687,6 +689,49 @@ class RepeatTally(msgspec.Struct, kw_only=True):
     repeats: int = 0
 
 
+#: The SLA targets a case has (`crmcore.domain.sla.SlaMetric` values), in report order.
+SLA_METRICS: tuple[str, ...] = ("first_response", "next_response", "resolution")
+
+
+class SlaCounts(msgspec.Struct, kw_only=True):
+    """SLA clocks of one metric decided in an interval: met (the target reached without a
+    breach event) or breached (an `SlaBreached` event), and how many of them had an at-risk
+    event first."""
+
+    met: int = 0
+    breached: int = 0
+    at_risk: int = 0
+
+
+class SlaAttainment(msgspec.Struct, frozen=True, kw_only=True):
+    """SLA attainment of one metric (DOMAIN.md: % meeting each SLA target)."""
+
+    met: int
+    breached: int
+    #: decided clocks (met or breached) that had an at-risk event first
+    at_risk: int
+    attainment: Rate
+
+
+def sla_attainment(counts: SlaCounts, metric: str) -> SlaAttainment:
+    """met / (met + breached) of one SLA metric. Deadlines are the interaction service's, in
+    the business hours of the case's SLA policy (pauses while pending on the customer); a clock
+    counts when it is met (in the interval it was met) or breached (in the interval of its
+    deadline), never both: a breach recorded after the target was reached late wins."""
+    label = metric.replace("_", " ")
+    return SlaAttainment(
+        met=counts.met,
+        breached=counts.breached,
+        at_risk=counts.at_risk,
+        attainment=rate(
+            counts.met,
+            counts.met + counts.breached,
+            f"{label} targets met without a breach / {label} targets met or breached "
+            "(business hours of the SLA policies)",
+        ),
+    )
+
+
 class KpiValues(msgspec.Struct, frozen=True, kw_only=True):
     """Every KPI of DOMAIN.md for one interval and group (see `kpi_values`)."""
 
@@ -730,8 +775,13 @@ class KpiValues(msgspec.Struct, frozen=True, kw_only=True):
     logged_in_hours: float
     handled_per_logged_in_hour: Rate
     handled_per_agent_day: Rate
-    first_response_sla: Rate
-    resolution_sla: Rate
+    #: SLA attainment from the SLA events (business hours; `sla_attainment`)
+    sla_first_response: SlaAttainment
+    sla_next_response: SlaAttainment
+    sla_resolution: SlaAttainment
+    #: calendar-time shares against the policy's `*_target_s` (not the SLA)
+    first_response_within_calendar_target: Rate
+    resolution_within_calendar_target: Rate
     repeat_contact_rate: Rate
 
 
@@ -743,8 +793,11 @@ def kpi_values(
     repeats: RepeatTally,
     agent_days: int,
     policy: KpiPolicy,
+    sla: Mapping[str, SlaCounts] | None = None,
 ) -> KpiValues:
-    """The KPIs of one interval and group from what was counted (DOMAIN.md, "KPIs")."""
+    """The KPIs of one interval and group from what was counted (DOMAIN.md, "KPIs");
+    `sla`: the SLA clocks decided, by metric (`SLA_METRICS`)."""
+    sla = sla or {}
     sl_policy = policy.service_level
     outcomes = queue_outcomes(tally, sl_policy)
     histograms = tally.histograms
@@ -823,13 +876,16 @@ def kpi_values(
         handled_per_agent_day=rate(
             handled, agent_days, "handled / agent-days with time logged in or work handled"
         ),
-        first_response_sla=rate(
+        sla_first_response=sla_attainment(sla.get("first_response", SlaCounts()), "first_response"),
+        sla_next_response=sla_attainment(sla.get("next_response", SlaCounts()), "next_response"),
+        sla_resolution=sla_attainment(sla.get("resolution", SlaCounts()), "resolution"),
+        first_response_within_calendar_target=rate(
             histograms["first_response"].count_at_most(first_response_target),
             tally["first_responses"],
             f"first public agent reply within {policy.first_response_target_s} s of creation "
             "(calendar time) / first replies",
         ),
-        resolution_sla=rate(
+        resolution_within_calendar_target=rate(
             issues.resolved_within_target,
             issues.fcr.resolved,
             f"issues first resolved within {policy.resolution_target_s} s of creation "
@@ -870,8 +926,13 @@ KPI_READERS: Mapping[str, Callable[[KpiValues], float | None]] = {
     "ces": _value(lambda v: v.ces),
     "occupancy": _value(lambda v: v.occupancy),
     "weighted_occupancy": _value(lambda v: v.weighted_occupancy),
-    "first_response_sla": _value(lambda v: v.first_response_sla),
-    "resolution_sla": _value(lambda v: v.resolution_sla),
+    "first_response_sla": _value(lambda v: v.sla_first_response.attainment),
+    "next_response_sla": _value(lambda v: v.sla_next_response.attainment),
+    "resolution_sla": _value(lambda v: v.sla_resolution.attainment),
+    "first_response_within_calendar_target": _value(
+        lambda v: v.first_response_within_calendar_target
+    ),
+    "resolution_within_calendar_target": _value(lambda v: v.resolution_within_calendar_target),
     "repeat_contact_rate": _value(lambda v: v.repeat_contact_rate),
 }
 
@@ -977,6 +1038,14 @@ def staffing(
     to schedule for them: ⌈N / (1 − shrinkage)⌉.
 
     A = λ·h with λ = contacts / interval. Erlang C ignores abandonment (`ERLANG_C_NOTE`)."""
+    # NaN passes every comparison below and infinity never ends the search: refuse both.
+    for name, value in (
+        ("contacts", contacts),
+        ("interval", interval_s),
+        ("handle_seconds", handle_s),
+    ):
+        if not math.isfinite(value):
+            raise InvalidValue(name, "must be a finite number")
     if contacts < 0:
         raise InvalidValue("contacts", "must not be negative")
     if interval_s <= 0:
@@ -992,6 +1061,8 @@ def staffing(
     if not 0 < max_occupancy <= 1:
         raise InvalidValue("max_occupancy", "must be above 0 and at most 1")
     traffic = contacts / interval_s * handle_s
+    if not traffic < MAX_AGENTS:  # more agents than traffic are needed: refuse before searching
+        raise InvalidValue("contacts", f"needs more than {MAX_AGENTS} agents")
     agents = 0 if traffic <= 0 else math.floor(traffic) + 1
     while traffic > 0:
         meets_level = (

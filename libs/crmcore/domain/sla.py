@@ -10,13 +10,17 @@ Everything here is pure: no clock, no storage.
 - `SlaPolicy` / `SlaPolicies`: targets for first response, next response and resolution, by
   channel and case priority; the first policy that matches a case applies (like an ordered
   policy list in a help desk). A policy may use its own calendar (e.g. 24/7 for urgent work).
-- `SlaClock`: one measured target of one case — started, paused while the case waits on the
-  customer, met or stopped. Its deadline is the calendar's `add` from its start over its
-  pauses; while paused the deadline is unknown (the clock does not run).
-- `SlaRecord`: which at-risk and breached events a case has had. Its events `SlaAtRisk` and
-  `SlaBreached` (bus subjects `crm.interaction.sla_at_risk`, `crm.interaction.sla_breached`)
-  are recorded at most once per case, metric, cycle and kind: the record refuses a repeat, and
-  the store refuses a concurrent second writer.
+  The same policies apply to an interaction outside any case (a chat, an e-mail nobody made a
+  case of): its priority is `interaction_priority` of its routing priority.
+- `SlaClock`: one measured target of one case or interaction — started, paused while the case
+  waits on the customer, met or stopped. Its deadline is the calendar's `add` from its start
+  over its pauses; while paused the deadline is unknown (the clock does not run).
+- `SlaRecord`: which at-risk and breached events a case (or an interaction outside a case) has
+  had. Its events `SlaAtRisk` and `SlaBreached` (bus subjects `crm.interaction.sla_at_risk`,
+  `crm.interaction.sla_breached`) are recorded at most once per subject, metric, cycle and
+  kind: the record refuses a repeat, and the store refuses a concurrent second writer. An
+  event names its case (`case_id`), or, for an interaction outside a case, `case_id` None and
+  the interaction (`interaction_id`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ MAX_TARGET = timedelta(days=365)
 DEFAULT_AT_RISK_FRACTION = 0.75
 
 SLA_RECORD_NAMESPACE = uuid5(NAMESPACE_URL, "urn:crm:interaction:sla-record")
+INTERACTION_SLA_RECORD_NAMESPACE = uuid5(
+    NAMESPACE_URL, "urn:crm:interaction:interaction-sla-record"
+)
+#: Routing priority (0–10, `crmcore.domain.interaction`) from which an interaction outside a
+#: case counts as high, and as urgent, for its SLA policy; below it is normal.
+HIGH_ROUTING_PRIORITY = 5
+URGENT_ROUTING_PRIORITY = 8
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HOURS = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
@@ -56,7 +67,9 @@ _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
 class SlaMetric(enum.StrEnum):
-    """What an SLA target measures (DOMAIN.md, "Interaction and case")."""
+    """What an SLA target measures (DOMAIN.md, "Interaction and case"); for an interaction
+    outside a case: opened → first public agent reply (a voice channel: the answer), and
+    opened → resolved (`crmcore.application.sla_scheduler`)."""
 
     #: Case created → first public reply of an agent.
     FIRST_RESPONSE = "first_response"
@@ -64,6 +77,24 @@ class SlaMetric(enum.StrEnum):
     NEXT_RESPONSE = "next_response"
     #: Case created → solved (time while solved before a reopening does not count).
     RESOLUTION = "resolution"
+
+
+class SlaSubject(enum.StrEnum):
+    """What a set of SLA clocks measures: a case, or an interaction that is in no case."""
+
+    CASE = "case"
+    INTERACTION = "interaction"
+
+
+def interaction_priority(routing_priority: int) -> CasePriority:
+    """The priority an interaction outside a case has for choosing its SLA policy: routing
+    priority 0–4 (0 is the default) normal, 5–7 high, 8–10 urgent. Nothing maps to low: the
+    default routing priority is already the lowest one."""
+    if routing_priority >= URGENT_ROUTING_PRIORITY:
+        return CasePriority.URGENT
+    if routing_priority >= HIGH_ROUTING_PRIORITY:
+        return CasePriority.HIGH
+    return CasePriority.NORMAL
 
 
 class ClockState(enum.StrEnum):
@@ -580,8 +611,9 @@ def policies_from_json(text: str | bytes) -> SlaPolicies:
 
 
 class SlaClock(msgspec.Struct, frozen=True, kw_only=True):
-    """One measured target of one case: `metric`, its `cycle` (1 for first response and
-    resolution; next response counts each customer message that waits for a reply)."""
+    """One measured target of one case (or interaction outside a case): `metric`, its `cycle`
+    (1 for first response and resolution; next response counts each customer message that
+    waits for a reply)."""
 
     metric: SlaMetric
     cycle: int
@@ -665,14 +697,21 @@ def sla_record_id(case_id: UUID) -> UUID:
     return uuid5(SLA_RECORD_NAMESPACE, str(case_id))
 
 
+def interaction_sla_record_id(interaction_id: UUID) -> UUID:
+    """The id of the SLA record of an interaction outside a case."""
+    return uuid5(INTERACTION_SLA_RECORD_NAMESPACE, str(interaction_id))
+
+
 def mark_key(metric: SlaMetric, cycle: int, kind: SlaEventKind) -> str:
     return f"{metric}:{cycle}:{kind}"
 
 
 class SlaRecord(Aggregate, frozen=True, kw_only=True):
-    """The at-risk and breached events a case has had (keys from `mark_key`)."""
+    """The at-risk and breached events a case, or an interaction outside a case (`case_id`
+    None), has had (keys from `mark_key`)."""
 
-    case_id: UUID
+    case_id: UUID | None
+    interaction_id: UUID | None = None
     marks: tuple[str, ...] = ()
 
     def has(self, metric: SlaMetric, cycle: int, kind: SlaEventKind) -> bool:
@@ -682,12 +721,15 @@ class SlaRecord(Aggregate, frozen=True, kw_only=True):
 class SlaEvent(Event[SlaRecord], frozen=True, kw_only=True):
     """A deadline of a case's SLA came close or passed. Carries what a subscriber and the
     KPIs need: the case, its customer, channel and priority, the policy, the metric and
-    cycle, the target (business seconds), when the clock started and when it was due."""
+    cycle, the target (business seconds), when the clock started and when it was due.
+
+    For an interaction outside a case, `case_id` is None and `interaction_id` names it (its
+    priority is `interaction_priority` of its routing priority)."""
 
     context: ClassVar[str] = "interaction"
     kind: ClassVar[SlaEventKind]
 
-    case_id: UUID
+    case_id: UUID | None
     customer_id: UUID | None
     channel: Channel | None
     priority: CasePriority
@@ -697,9 +739,25 @@ class SlaEvent(Event[SlaRecord], frozen=True, kw_only=True):
     target_seconds: float
     started_at: datetime
     due_at: datetime
+    interaction_id: UUID | None = None
+
+    @property
+    def subject(self) -> SlaSubject:
+        return SlaSubject.CASE if self.case_id is not None else SlaSubject.INTERACTION
+
+    @property
+    def subject_id(self) -> UUID:
+        """The case, or the interaction outside a case, whose clock this is."""
+        subject_id = self.case_id or self.interaction_id
+        assert subject_id is not None, "an SLA event names its case or interaction"
+        return subject_id
 
     def bus_attributes(self) -> dict[str, str]:
-        attributes = {"caseid": str(self.case_id), "slametric": str(self.metric)}
+        attributes = {"slametric": str(self.metric)}
+        if self.case_id is not None:
+            attributes["caseid"] = str(self.case_id)
+        if self.interaction_id is not None:
+            attributes["interactionid"] = str(self.interaction_id)
         if self.customer_id is not None:
             attributes["customerid"] = str(self.customer_id)
         return attributes
@@ -713,6 +771,7 @@ class SlaEvent(Event[SlaRecord], frozen=True, kw_only=True):
                 created_on=self.timestamp,
                 modified_on=self.timestamp,
                 case_id=self.case_id,
+                interaction_id=self.interaction_id,
                 marks=(key,),
             )
         return advance(state, self, marks=(*state.marks, key))
@@ -735,7 +794,8 @@ class SlaBreached(SlaEvent, frozen=True, kw_only=True):
 def mark(
     record: SlaRecord | None,
     *,
-    case_id: UUID,
+    case_id: UUID | None = None,
+    interaction_id: UUID | None = None,
     kind: SlaEventKind,
     metric: SlaMetric,
     cycle: int,
@@ -749,19 +809,26 @@ def mark(
     priority: CasePriority = CasePriority.NORMAL,
     at: datetime,
 ) -> SlaEvent:
-    """The at-risk or breached event of one clock; RuleViolation when the case had it."""
+    """The at-risk or breached event of one clock of a case (`case_id`), or of an interaction
+    outside a case (`interaction_id` alone); RuleViolation when it had that event."""
     timestamp = values.aware(at, "at")
+    if case_id is not None:
+        record_id, whose = sla_record_id(case_id), f"case {case_id}"
+    elif interaction_id is not None:
+        record_id = interaction_sla_record_id(interaction_id)
+        whose = f"interaction {interaction_id}"
+    else:
+        raise InvalidValue("case_id", "an SLA event names a case or an interaction")
     if record is not None:
         if record.has(metric, cycle, kind):
-            raise RuleViolation(
-                f"case {case_id} already has its {kind} event for {metric} #{cycle}"
-            )
+            raise RuleViolation(f"{whose} already has its {kind} event for {metric} #{cycle}")
         timestamp = max(timestamp, record.modified_on)
     facts: Mapping[str, Any] = {
-        "originator_id": sla_record_id(case_id),
+        "originator_id": record_id,
         "originator_version": 1 if record is None else record.version + 1,
         "timestamp": timestamp,
         "case_id": case_id,
+        "interaction_id": interaction_id,
         "customer_id": customer_id,
         "channel": channel,
         "priority": priority,

@@ -8,6 +8,7 @@ INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import enum
+import re
 import unicodedata
 from datetime import datetime
 from typing import TypeVar
@@ -25,6 +26,9 @@ MAX_TEXT_LENGTH = 10_000
 MAX_TAGS = 50
 MAX_ATTRIBUTES = 100
 MAX_EMAIL_LENGTH = 254
+
+# Short BCP 47 tags: language, optional script, optional region ("ja", "zh-Hant-TW", "es-419").
+_LANGUAGE_TAG = re.compile(r"([a-zA-Z]{2,3})(?:-([a-zA-Z]{4}))?(?:-([a-zA-Z]{2}|[0-9]{3}))?")
 
 
 class Channel(enum.StrEnum):
@@ -90,6 +94,21 @@ def tags(values: list[str] | tuple[str, ...], field: str = "tags") -> tuple[str,
     for index, value in enumerate(values):
         seen[required_text(value, f"{field}[{index}]", max_length=64).lower()] = None
     return tuple(seen)
+
+
+def language_tag(value: str, field: str = "language") -> str:
+    """A short BCP 47 tag in canonical case (`EN-us` → `en-US`, `zh-hant-tw` → `zh-Hant-TW`)."""
+    stripped = value.strip()
+    match = _LANGUAGE_TAG.fullmatch(stripped)
+    if match is None:
+        raise InvalidValue(field, f"{stripped!r} is not a language tag like 'ja' or 'en-US'")
+    language, script, region = match.groups()
+    parts = [language.lower()]
+    if script:
+        parts.append(script.title())
+    if region:
+        parts.append(region.upper())
+    return "-".join(parts)
 
 
 def email(value: str, field: str = "email") -> str:

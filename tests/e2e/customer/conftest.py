@@ -21,9 +21,11 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from crm.v1 import customer_pb2, customer_pb2_grpc
+from crmcore.adapters.grpc.channels import open_blocking_channel
 from crmcore.config import BusSettings, PersistenceSettings, ServiceSettings
 from services.customer.bootstrap import CustomerService, start
 from services.customer.config import CustomerServiceSettings
+from tests.support.auth import channel_for, service_token
 
 
 def service_settings(
@@ -55,7 +57,7 @@ async def running(settings: CustomerServiceSettings) -> AsyncIterator[CustomerSe
 async def client(
     service: CustomerService,
 ) -> AsyncIterator[customer_pb2_grpc.CustomerServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(service.address) as channel:
+    async with channel_for(service) as channel:
         yield customer_pb2_grpc.CustomerServiceStub(channel)
 
 
@@ -124,7 +126,7 @@ def threaded_customer_service(
     if failed:
         raise failed[0]
     (service,) = started
-    channel = grpc.insecure_channel(service.address)
+    channel = open_blocking_channel(service.address, token=service_token(service))
     try:
         yield ThreadedService(service=service, channel=channel)
     finally:

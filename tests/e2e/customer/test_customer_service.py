@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from crm.v1 import common_pb2, customer_pb2, customer_pb2_grpc
+from crmcore.adapters.grpc.channels import open_channel
 from crmcore.application.interactions import InteractionApplication
 from services.customer.bootstrap import SERVICE_NAME, CustomerService
 from tests.e2e.customer.conftest import new_customer, refused, stored_position
@@ -970,7 +971,7 @@ class TestServer:
     async def test_health_is_serving_for_the_server_and_the_service(
         self, customer_service: CustomerService
     ) -> None:
-        async with grpc.aio.insecure_channel(customer_service.address) as channel:
+        async with open_channel(customer_service.address) as channel:  # no token: open
             health = health_pb2_grpc.HealthStub(channel)
             for name in ("", SERVICE_NAME):
                 response = await health.Check(health_pb2.HealthCheckRequest(service=name))
@@ -979,7 +980,7 @@ class TestServer:
     async def test_reflection_lists_the_customer_service(
         self, customer_service: CustomerService
     ) -> None:
-        async with grpc.aio.insecure_channel(customer_service.address) as channel:
+        async with open_channel(customer_service.address) as channel:  # no token: open
             reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
             responses = reflection.ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")])

@@ -22,10 +22,12 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from crm.v1 import interaction_pb2_grpc
+from crmcore.adapters.grpc.channels import open_blocking_channel
 from crmcore.config import BusSettings, PersistenceSettings, ServiceSettings
 from crmcore.domain.sla import SlaPolicies, business_calendar, sla_policy
 from services.interaction.bootstrap import InteractionService, start
 from services.interaction.config import InteractionServiceSettings
+from tests.support.auth import channel_for, service_token
 
 #: Simple round numbers for the tests: any channel, any priority, business hours always.
 TEST_POLICIES = SlaPolicies(
@@ -95,7 +97,7 @@ async def interaction_service(
 async def stub(
     interaction_service: InteractionService,
 ) -> AsyncIterator[interaction_pb2_grpc.InteractionServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(interaction_service.address) as channel:
+    async with channel_for(interaction_service) as channel:
         yield interaction_pb2_grpc.InteractionServiceStub(channel)
 
 
@@ -150,7 +152,7 @@ def threaded_interaction_service(
     if failed:
         raise failed[0]
     (service,) = started
-    channel = grpc.insecure_channel(service.address)
+    channel = open_blocking_channel(service.address, token=service_token(service))
     try:
         yield ThreadedService(service=service, channel=channel)
     finally:

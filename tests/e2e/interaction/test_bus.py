@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import grpc
 import msgspec
 import nats
 import pytest
@@ -30,6 +29,7 @@ from crmcore.config import BusSettings
 from crmcore.domain.task import RoutingAccepted, RoutingOffered, TaskEvent
 from services.interaction.bootstrap import InteractionService
 from tests.e2e.interaction.conftest import MovableClock
+from tests.support.auth import channel_for
 
 pytestmark = pytest.mark.nats
 
@@ -46,7 +46,7 @@ WITHIN_S = 20
 async def stub(
     bus_interaction_service: InteractionService,
 ) -> AsyncIterator[interaction_pb2_grpc.InteractionServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(bus_interaction_service.address) as channel:
+    async with channel_for(bus_interaction_service) as channel:
         yield interaction_pb2_grpc.InteractionServiceStub(channel)
 
 
@@ -114,7 +114,10 @@ class TestVoiceOfTheCustomer:
         assert event["subject"] == complaint.id
         assert (event["voccategory"], event["vocsentiment"]) == ("complaint", "negative")
         assert event["customerid"] == TARO
-        assert event["data"]["text"] == "電話がつながらない。最悪です。"
+        # The customer's words stay in the service (sealed, erasable): the bus carries what
+        # departments act on, and the ids to look the words up through the API.
+        assert event["data"]["text"] == ""
+        assert "電話がつながらない" not in json.dumps(event, ensure_ascii=False)
         assert event["data"]["category_set_by"] == "rule"
 
         everything = await department_reads(bus_settings, "crm.voc.feedback.*", "voc-team", 3)
@@ -142,7 +145,9 @@ class TestVoiceOfTheCustomer:
         (nps,) = await department_reads(bus_settings, "crm.voc.survey.nps", "marketing", 1)
         assert (nps["data"]["score"], nps["surveykind"]) == (10, "nps")
         (praise,) = await department_reads(bus_settings, "crm.voc.feedback.praise", "qa", 1)
-        assert praise["data"]["text"] == "最高のサポート"
+        assert praise["data"]["text"] == ""
+        assert praise["data"]["survey_response_id"]
+        assert nps["data"]["comment"] == ""
 
 
 class TestSlaEvents:

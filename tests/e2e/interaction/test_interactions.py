@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from crm.v1 import common_pb2, interaction_pb2, interaction_pb2_grpc
+from crmcore.adapters.grpc.channels import open_channel
 from services.interaction.bootstrap import SERVICE_NAME, InteractionService
 from tests.e2e.interaction.conftest import refused, stored_position
 
@@ -747,7 +748,7 @@ class TestHealthAndReflection:
     async def test_the_service_reports_serving(
         self, interaction_service: InteractionService
     ) -> None:
-        async with grpc.aio.insecure_channel(interaction_service.address) as channel:
+        async with open_channel(interaction_service.address) as channel:  # no token: open
             health = health_pb2_grpc.HealthStub(channel)
             for name in ("", SERVICE_NAME):
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
@@ -756,7 +757,7 @@ class TestHealthAndReflection:
     async def test_reflection_lists_the_service(
         self, interaction_service: InteractionService
     ) -> None:
-        async with grpc.aio.insecure_channel(interaction_service.address) as channel:
+        async with open_channel(interaction_service.address) as channel:  # no token: open
             reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
 
             async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:

@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crm.v1 import common_pb2, interaction_pb2, interaction_pb2_grpc
+from crmcore.adapters.grpc.channels import open_blocking_channel
 from crmcore.adapters.nats_server import free_loopback_port
 from crmcore.config import BusSettings
 
@@ -26,7 +27,7 @@ STARTUP_S = 60
 
 def wait_until_serving(address: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + STARTUP_S
-    with grpc.insecure_channel(address) as channel:
+    with open_blocking_channel(address) as channel:  # health needs no token
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             assert process.poll() is None, "the service exited during start-up"
@@ -70,7 +71,9 @@ class TestTheServiceProcess:
         )
         try:
             wait_until_serving(address, process)
-            with grpc.insecure_channel(address) as channel:
+            # Nothing configured: the service generated an admin token and wrote it down.
+            admin_token = (tmp_path / "data" / "admin.token").read_text().strip()
+            with open_blocking_channel(address, token=admin_token) as channel:
                 stub = interaction_pb2_grpc.InteractionServiceStub(channel)
                 opened = stub.OpenInteraction(
                     interaction_pb2.OpenInteractionRequest(channel=common_pb2.CHANNEL_PHONE)

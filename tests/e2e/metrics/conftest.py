@@ -22,6 +22,7 @@ from crmcore.config import BusSettings, MetricsSettings, PersistenceSettings, Se
 from services.metrics.bootstrap import MetricsService, start
 from services.metrics.config import MetricsServiceSettings
 from tests.integration.metrics.history import wait_for_position
+from tests.support.auth import channel_for
 
 pytestmark = pytest.mark.nats
 
@@ -61,7 +62,7 @@ async def metrics_service(
 async def stub(
     metrics_service: MetricsService,
 ) -> AsyncIterator[metrics_pb2_grpc.MetricsServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(metrics_service.address) as channel:
+    async with channel_for(metrics_service) as channel:
         yield metrics_pb2_grpc.MetricsServiceStub(channel)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from crmcore.cli import metrics as metrics_cli
 from services.metrics.bootstrap import MetricsService
+from tests.support.auth import new_bearer, service_token
 
 pytestmark = pytest.mark.nats
 
@@ -22,8 +23,12 @@ def crm(*argv: str) -> argparse.Namespace:
 
 class TestCrmKpis:
     async def test_prints_todays_table_and_json(
-        self, metrics_service: MetricsService, capsys: pytest.CaptureFixture[str]
+        self,
+        metrics_service: MetricsService,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
+        monkeypatch.setenv("CRM_TOKEN", service_token(metrics_service, "metrics:read"))
         args = crm("kpis", "--period", "today", "--address", metrics_service.address)
         assert await asyncio.to_thread(args.handler, args) == 0
         table = capsys.readouterr().out
@@ -47,8 +52,9 @@ class TestCrmKpis:
         assert report["groupBy"] == ["DIMENSION_QUEUE"]
 
     async def test_an_unreachable_service_is_reported(
-        self, capsys: pytest.CaptureFixture[str]
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        monkeypatch.setenv("CRM_TOKEN", new_bearer())
         args = crm("kpis", "--address", "127.0.0.1:1")
         assert await asyncio.to_thread(args.handler, args) == 1
         assert "UNAVAILABLE" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crm.v1 import metrics_pb2 as pb
 from crm.v1 import metrics_pb2_grpc
+from crmcore.adapters.grpc.channels import open_channel
 from crmcore.config import BusSettings, PersistenceSettings
 from services.metrics.bootstrap import SERVICE_NAME, MetricsService
 from tests.e2e.metrics.conftest import refused, relay_everything
@@ -253,7 +254,7 @@ class TestOperations:
     async def test_health_and_prometheus(
         self, metrics_service: MetricsService, morning: Day
     ) -> None:
-        async with grpc.aio.insecure_channel(metrics_service.address) as channel:
+        async with open_channel(metrics_service.address) as channel:  # no token: open
             health = health_pb2_grpc.HealthStub(channel)
             answer = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
             assert answer.status == health_pb2.HealthCheckResponse.SERVING

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crm.v1 import metrics_pb2 as pb
 from crm.v1 import metrics_pb2_grpc
+from crmcore.adapters.grpc.channels import open_blocking_channel
 from crmcore.adapters.nats_server import free_loopback_port
 from crmcore.config import BusSettings
 
@@ -27,7 +28,7 @@ STARTUP_S = 60
 
 def wait_until_serving(address: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + STARTUP_S
-    with grpc.insecure_channel(address) as channel:
+    with open_blocking_channel(address) as channel:  # health needs no token
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             assert process.poll() is None, "the service exited during start-up"
@@ -72,7 +73,9 @@ class TestTheServiceProcess:
         )
         try:
             wait_until_serving(address, process)
-            with grpc.insecure_channel(address) as channel:
+            # Nothing configured: the service generated an admin token and wrote it down.
+            admin_token = (tmp_path / "data" / "admin.token").read_text().strip()
+            with open_blocking_channel(address, token=admin_token) as channel:
                 stub = metrics_pb2_grpc.MetricsServiceStub(channel)
                 report = stub.GetKpis(pb.GetKpisRequest())
                 assert report.time_zone == "Asia/Tokyo"

@@ -22,6 +22,7 @@ from crm.v1 import routing_pb2_grpc
 from crmcore.config import BusSettings, PersistenceSettings, ServiceSettings
 from services.routing.bootstrap import RoutingService, start
 from services.routing.config import RoutingServiceSettings
+from tests.support.auth import channel_for
 
 T0 = datetime(2025, 4, 1, 9, 0, tzinfo=UTC)
 
@@ -82,7 +83,7 @@ async def routing_service(tmp_path: Path, clock: MovableClock) -> AsyncIterator[
 async def stub(
     routing_service: RoutingService,
 ) -> AsyncIterator[routing_pb2_grpc.RoutingServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(routing_service.address) as channel:
+    async with channel_for(routing_service) as channel:
         yield routing_pb2_grpc.RoutingServiceStub(channel)
 
 

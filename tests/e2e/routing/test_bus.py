@@ -23,6 +23,7 @@ from crmcore.domain.interaction import Interaction, RoutingRequirements, SkillRe
 from crmcore.domain.task import TaskQueued
 from services.routing.bootstrap import RoutingService
 from tests.e2e.routing.conftest import MovableClock
+from tests.support.auth import channel_for
 
 pytestmark = pytest.mark.nats
 
@@ -36,7 +37,7 @@ _published = 0
 
 @pytest.fixture
 async def stub(bus_routing_service: RoutingService) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(bus_routing_service.address) as channel:
+    async with channel_for(bus_routing_service) as channel:
         yield routing_pb2_grpc.RoutingServiceStub(channel)
 
 

@@ -16,8 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crm.v1 import common_pb2, routing_pb2_grpc
 from crm.v1 import routing_pb2 as pb
+from crmcore.adapters.grpc.channels import open_blocking_channel
 from crmcore.adapters.nats_server import free_loopback_port
 from crmcore.config import BusSettings
+from tests.support.auth import new_bearer
 
 pytestmark = pytest.mark.nats
 
@@ -27,7 +29,7 @@ STARTUP_S = 60
 
 def wait_until_serving(address: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + STARTUP_S
-    with grpc.insecure_channel(address) as channel:
+    with open_blocking_channel(address) as channel:  # health needs no token
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             assert process.poll() is None, "the service exited during start-up"
@@ -52,7 +54,9 @@ class TestTheServiceProcess:
             for key, value in os.environ.items()
             if not key.startswith(("CRM_", "POSTGRES_", "NATS_"))
         }
+        admin_token = new_bearer()  # registered by the service at start
         environment |= {
+            "CRM_BOOTSTRAP_ADMIN_TOKEN": admin_token,
             "CRM_ROUTING_ADDRESS": address,
             "CRM_DATA_DIR": str(tmp_path / "data"),
             "CRM_SHUTDOWN_GRACE_S": str(GRACE_S),
@@ -69,7 +73,7 @@ class TestTheServiceProcess:
             )
             try:
                 wait_until_serving(address, process)
-                with grpc.insecure_channel(address) as channel:
+                with open_blocking_channel(address, token=admin_token) as channel:
                     stub = routing_pb2_grpc.RoutingServiceStub(channel)
                     stub.CreateQueue(
                         pb.CreateQueueRequest(

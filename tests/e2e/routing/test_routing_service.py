@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from crm.v1 import common_pb2, routing_pb2, routing_pb2_grpc
+from crmcore.adapters.grpc.channels import open_channel
 from services.routing.bootstrap import SERVICE_NAME, RoutingService
 from tests.e2e.routing.conftest import MovableClock, refused, stored_position
 
@@ -353,7 +354,7 @@ class TestRefusals:
 
 class TestOperations:
     async def test_health_and_reflection(self, routing_service: RoutingService) -> None:
-        async with grpc.aio.insecure_channel(routing_service.address) as channel:
+        async with open_channel(routing_service.address) as channel:  # no token: open
             health = health_pb2_grpc.HealthStub(channel)
             checked = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
             assert checked.status == health_pb2.HealthCheckResponse.SERVING

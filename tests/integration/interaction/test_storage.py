@@ -143,3 +143,72 @@ class TestReadModels:
         finally:
             views.close_views()
             app.close()
+
+
+class TestInteractionSlaAcrossRestarts:
+    """The clocks of an interaction outside any case, on a durable engine: a restarted
+    scheduler, or one whose read model has not seen an event another one recorded, never
+    records a breach twice."""
+
+    def test_a_restarted_scheduler_does_not_repeat_an_interactions_breach(
+        self, durable_persistence: PersistenceSettings
+    ) -> None:
+        persistence = durable_persistence
+        app = InteractionApplication(persistence)
+        clocks = SlaClocks(app, POLICIES)
+        chat = app.open_interaction(channel="chat", customer_id=TARO, at=at(0)).id
+        try:
+            events = SlaScheduler(app, clocks).run_once(at(121))
+            assert [(type(e).__name__, e.metric, e.interaction_id) for e in events] == [
+                ("SlaBreached", "first_response", chat)
+            ]
+            stored = app.recorder.max_notification_id()
+        finally:
+            clocks.close_clocks()
+            app.close()
+
+        app = InteractionApplication(persistence)
+        clocks = SlaClocks(app, POLICIES)
+        try:
+            assert SlaScheduler(app, clocks).run_once(at(122)) == []
+            assert app.recorder.max_notification_id() == stored
+            (first, resolution) = clocks.clocks_of_interaction(chat, now=at(122))
+            assert (first.breach_recorded, resolution.breach_recorded) == (True, False)
+            # The resolution clock runs on across the restart: due after 8 business hours.
+            assert [type(e).__name__ for e in SlaScheduler(app, clocks).run_once(at(481))] == [
+                "SlaBreached"
+            ]
+        finally:
+            clocks.close_clocks()
+            app.close()
+
+    def test_an_event_recorded_but_not_yet_projected_is_not_recorded_again(
+        self, durable_persistence: PersistenceSettings
+    ) -> None:
+        app = InteractionApplication(durable_persistence)
+        clocks = SlaClocks(app, POLICIES)
+        try:
+            chat = app.open_interaction(channel="email", customer_id=TARO, at=at(0)).id
+            clocks.catch_up()
+            (due,) = clocks.due(at(121))
+            # Another scheduler recorded it; this one's read model has not seen that yet.
+            assert (
+                app.record_interaction_sla_event(
+                    chat,
+                    kind=due.kind,
+                    metric=due.metric,
+                    cycle=due.cycle,
+                    policy=due.policy,
+                    target=due.target,
+                    started_at=due.started_at,
+                    due_at=due.due_at,
+                    at=at(121),
+                )
+                is not None
+            )
+            stored = app.recorder.max_notification_id()
+            assert SlaScheduler(app, clocks).run_once(at(122)) == []
+            assert app.recorder.max_notification_id() == stored
+        finally:
+            clocks.close_clocks()
+            app.close()

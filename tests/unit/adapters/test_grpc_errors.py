@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import grpc
+import psycopg
 import pytest
-from eventsourcing.persistence import OperationalError
+from eventsourcing.persistence import MapperDeserialisationError, OperationalError
 from google.rpc import error_details_pb2, status_pb2
+from psycopg_pool import PoolTimeout
 
 from crmcore.adapters.grpc.errors import status_for
 from crmcore.domain.errors import (
@@ -35,6 +37,18 @@ class TestStatusFor:
             (ConcurrencyConflict("stale etag"), grpc.StatusCode.ABORTED),
             (Unavailable("broker down"), grpc.StatusCode.UNAVAILABLE),
             (OperationalError("connection refused"), grpc.StatusCode.UNAVAILABLE),
+            # Read models and the key vault meet a lost server as psycopg's own errors.
+            (
+                psycopg.OperationalError("server closed the connection unexpectedly"),
+                grpc.StatusCode.UNAVAILABLE,
+            ),
+            (psycopg.InterfaceError("the connection is closed"), grpc.StatusCode.UNAVAILABLE),
+            (PoolTimeout("couldn't get a connection after 30 s"), grpc.StatusCode.UNAVAILABLE),
+            # A stored event its key does not open: damaged data, not a bug of the call.
+            (
+                MapperDeserialisationError("sealed data failed authentication"),
+                grpc.StatusCode.DATA_LOSS,
+            ),
             (ZeroDivisionError("oops"), grpc.StatusCode.INTERNAL),
         ],
     )

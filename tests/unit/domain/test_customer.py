@@ -372,6 +372,7 @@ class TestMergingAndErasure:
             "originator_id",
             "originator_version",
             "timestamp",
+            "actor",
         }
 
 

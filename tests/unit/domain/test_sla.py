@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,11 +26,15 @@ from crmcore.domain.sla import (
     SlaMetric,
     SlaPolicies,
     SlaRecord,
+    SlaSubject,
     business_calendar,
     duration,
+    interaction_priority,
+    interaction_sla_record_id,
     mark,
     policies_from_json,
     sla_policy,
+    sla_record_id,
     weekly_hours,
 )
 from crmcore.domain.values import Channel
@@ -410,3 +415,91 @@ class TestTheSlaRecord:
         assert event.bus_subject() == "crm.interaction.sla_breached"
         assert event.bus_attributes()["slametric"] == "first_response"
         assert event.target_seconds == 3600
+
+
+CHAT = UUID("00000000-0000-4000-8000-0000000c4a70")
+
+
+class TestInteractionsOutsideCases:
+    @pytest.mark.parametrize(
+        ("routing_priority", "priority"),
+        [
+            (0, CasePriority.NORMAL),
+            (4, CasePriority.NORMAL),
+            (5, CasePriority.HIGH),
+            (7, CasePriority.HIGH),
+            (8, CasePriority.URGENT),
+            (10, CasePriority.URGENT),
+        ],
+    )
+    def test_routing_priority_maps_to_a_policy_priority(
+        self, routing_priority: int, priority: CasePriority
+    ) -> None:
+        assert interaction_priority(routing_priority) is priority
+
+    def breach(self, record: SlaRecord | None = None) -> SlaEvent:
+        return mark(
+            record,
+            interaction_id=CHAT,
+            kind=SlaEventKind.BREACHED,
+            metric=SlaMetric.FIRST_RESPONSE,
+            cycle=1,
+            policy="standard",
+            target=hours(2),
+            started_at=tokyo(2025, 3, 3, 9),
+            due_at=tokyo(2025, 3, 3, 11),
+            channel=Channel.CHAT,
+            at=tokyo(2025, 3, 3, 11, 1),
+        )
+
+    def test_an_interactions_record_is_its_own_and_refuses_a_repeat(self) -> None:
+        event = self.breach()
+        assert (event.case_id, event.interaction_id, event.subject_id) == (None, CHAT, CHAT)
+        assert event.subject is SlaSubject.INTERACTION
+        assert event.originator_id == interaction_sla_record_id(CHAT) != sla_record_id(CHAT)
+        attributes = event.bus_attributes()
+        assert attributes["interactionid"] == str(CHAT)
+        assert "caseid" not in attributes
+        record = event.mutate(None)
+        assert (record.case_id, record.interaction_id) == (None, CHAT)
+        with pytest.raises(RuleViolation, match="interaction"):
+            self.breach(record)
+
+    def test_an_event_names_a_case_or_an_interaction(self) -> None:
+        with pytest.raises(InvalidValue):
+            mark(
+                None,
+                kind=SlaEventKind.AT_RISK,
+                metric=SlaMetric.RESOLUTION,
+                cycle=1,
+                policy="standard",
+                target=hours(8),
+                started_at=tokyo(2025, 3, 3, 9),
+                due_at=tokyo(2025, 3, 3, 17),
+                at=tokyo(2025, 3, 3, 15),
+            )
+
+    def test_a_case_event_stored_before_interaction_ids_existed_still_reads(self) -> None:
+        older = msgspec.json.encode(
+            {
+                "originator_id": str(sla_record_id(CASE)),
+                "originator_version": 1,
+                "timestamp": "2025-03-03T02:00:00Z",
+                "case_id": str(CASE),
+                "customer_id": None,
+                "channel": "email",
+                "priority": "normal",
+                "policy": "standard",
+                "metric": "first_response",
+                "cycle": 1,
+                "target_seconds": 3600.0,
+                "started_at": "2025-03-03T00:00:00Z",
+                "due_at": "2025-03-03T01:00:00Z",
+            }
+        )
+        event = msgspec.json.decode(older, type=SlaBreached)
+        assert (event.case_id, event.interaction_id, event.subject) == (
+            CASE,
+            None,
+            SlaSubject.CASE,
+        )

@@ -12,11 +12,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import (
+    InterfaceError,
+    MapperDeserialisationError,
+    OperationalError,
+)
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from crmcore.adapters.grpc.calls import DeadlineExpired
 from crmcore.domain.errors import (
     AlreadyExists,
     ConcurrencyConflict,
@@ -32,6 +37,17 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:  # the stubs make it generic; at run time it is not subscriptable
     Handler = grpc.RpcMethodHandler[Any, Any]
 
+
+def _psycopg_connection_errors() -> tuple[type[Exception], ...]:
+    """psycopg's errors of a lost or unreachable server (pool timeouts included), when the
+    PostgreSQL extra is installed."""
+    try:
+        import psycopg
+    except ImportError:  # without the PostgreSQL extra there is no server to lose
+        return ()
+    return (psycopg.OperationalError, psycopg.InterfaceError)
+
+
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidValue, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
@@ -42,6 +58,13 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     # The event store's connection failures: the database is down or unreachable.
     (OperationalError, grpc.StatusCode.UNAVAILABLE),
     (InterfaceError, grpc.StatusCode.UNAVAILABLE),
+    # The same failures met by the read models and the key vault, which use psycopg directly.
+    *((kind, grpc.StatusCode.UNAVAILABLE) for kind in _psycopg_connection_errors()),
+    # The client's deadline passed before the store call started: nothing was done.
+    (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
+    # A stored event that cannot be decoded (corrupt bytes, a seal its key does not open):
+    # the data is damaged, which retrying cannot mend. Logged with its traceback.
+    (MapperDeserialisationError, grpc.StatusCode.DATA_LOSS),
 )
 
 
@@ -82,6 +105,8 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) 
     status = status_for(error)
     if status.code is grpc.StatusCode.INTERNAL:
         log.exception("unexpected error in RPC", exc_info=error)
+    elif status.code is grpc.StatusCode.DATA_LOSS:
+        log.error("stored data cannot be read: %s", error, exc_info=error)
     # grpc-stubs lacks the aio abort_with_status, which grpc.aio has had since 1.40.
     await context.abort_with_status(status)  # type: ignore[attr-defined]
 

@@ -104,6 +104,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from crmcore.cli.stack import (
         Stack,
         StackError,
+        client_token,
         configured_endpoints,
         running_stack_endpoints,
         serving_endpoints,
@@ -138,8 +139,10 @@ def run_demo(args: argparse.Namespace) -> int:
             stack = start_stack()
             print_endpoints(stack)
             endpoints = dict(stack.endpoints)
+            token = stack.admin_token
         else:
             print(f"using the running services: customer at {endpoints['customer']} …")
+            token = client_token(data_dir)
         report_path = args.report or data_dir / "reports" / (
             f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-seed{args.seed}.html"
         )
@@ -148,6 +151,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 scenario,
                 speed=speed,
                 endpoints=endpoints,
+                token=token,
                 report_path=report_path,
                 started_stack=stack is not None,
                 data_dir=data_dir,
@@ -171,22 +175,24 @@ async def _play(
     *,
     speed: float,
     endpoints: dict[str, str],
+    token: str,
     report_path: Path,
     started_stack: bool,
     data_dir: Path,
 ) -> int:
-    import grpc
-
     from crm.v1 import customer_pb2_grpc, interaction_pb2_grpc, metrics_pb2_grpc
+    from crmcore.adapters.grpc.channels import open_channel
     from crmcore.cli.demo import report
     from crmcore.cli.demo.clock import SimClock
     from crmcore.cli.demo.driver import DayDriver
     from crmcore.cli.demo.ledger import Ledger
     from crmcore.cli.demo.progress import ProgressBar
     from crmcore.cli.demo.routing import GrpcRouting
+    from crmcore.config import client_tls_from_env
 
+    tls = client_tls_from_env()
     channels = {
-        name: grpc.aio.insecure_channel(endpoints[name])
+        name: open_channel(endpoints[name], token=token, tls=tls)
         for name in ("customer", "interaction", "routing", "metrics")
     }
     try:
