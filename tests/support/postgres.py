@@ -263,7 +263,9 @@ class _PrivateServer:
             port=port,
             user="postgres",
             password="",
-            description=f"private server from {binaries['postgres'].parent} (durability off)",
+            description=f"private server from {binaries['postgres'].parent} ("
+            + ("commits survive a server crash" if self._crash_safe else "durability off")
+            + ")",
         )
         failure = _check_reachable(server)
         if failure is not None:
