@@ -32,6 +32,7 @@ from uuid import UUID
 import grpc
 
 from crmcore.adapters.grpc.errors import status_for
+from crmcore.adapters.grpc.handlers import rebuilt_by_response
 from crmcore.application.access import AccessApplication, prepare_access, principal_of
 from crmcore.application.principal import Principal, acting_as, current_principal
 from crmcore.config import AccessSettings, ServiceSettings
@@ -337,27 +338,6 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 # --- handlers: refusing, or running as the caller ----------------------------------------------
 
 
-def _rebuilt(
-    handler: Handler,
-    unary: Callable[[Callable[..., Any]], Callable[..., Any]],
-    stream: Callable[[Callable[..., Any]], Callable[..., Any]],
-) -> Handler:
-    """`handler` with its behaviour wrapped (by `unary` or `stream`, by what it returns)."""
-    options = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **options)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), **options)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **options)
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **options)
-    return handler
-
-
 def _refusing(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
     """A handler of the same kind that ends the call with `code` and never runs the servicer."""
 
@@ -376,7 +356,7 @@ def _refusing(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
 
         return refuse
 
-    return _rebuilt(handler, unary, stream)
+    return rebuilt_by_response(handler, unary, stream)
 
 
 def _acting(handler: Handler, principal: Principal) -> Handler:
@@ -405,7 +385,7 @@ def _acting(handler: Handler, principal: Principal) -> Handler:
 
         return call
 
-    return _rebuilt(handler, unary, stream)
+    return rebuilt_by_response(handler, unary, stream)
 
 
 # --- a service's access: its token store and its interceptor -----------------------------------

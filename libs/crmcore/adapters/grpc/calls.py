@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc
 
+from crmcore.adapters.grpc.handlers import WrappingInterceptor, rebuilt_by_response
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -78,42 +80,11 @@ def _unless_expired(call: Callable[[], T], deadline: float | None) -> T:
     return call()
 
 
-class DeadlineInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class DeadlineInterceptor(WrappingInterceptor):
     """Puts each RPC's deadline in `rpc_deadline` while its handler runs."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary_with_deadline(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _stream_with_deadline(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary_with_deadline(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _stream_with_deadline(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        return rebuilt_by_response(handler, _unary_with_deadline, _stream_with_deadline)
 
 
 def _deadline_of(context: Context) -> float | None:

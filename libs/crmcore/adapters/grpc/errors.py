@@ -22,6 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from crmcore.adapters.grpc.calls import DeadlineExpired
+from crmcore.adapters.grpc.handlers import WrappingInterceptor, rebuilt_by_response
 from crmcore.domain.errors import (
     AlreadyExists,
     ConcurrencyConflict,
@@ -111,42 +112,11 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) 
     await context.abort_with_status(status)  # type: ignore[attr-defined]
 
 
-class DomainErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class DomainErrorInterceptor(WrappingInterceptor):
     """Turns exceptions raised by servicers into gRPC statuses, for every RPC kind."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        return rebuilt_by_response(handler, _wrap_unary, _wrap_stream)
 
 
 def _wrap_unary(behaviour: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import descriptor_pool
 
+from crmcore.adapters.grpc.handlers import WrappingInterceptor, rebuilt
+
 if TYPE_CHECKING:  # the stubs make it generic; at run time it is not subscriptable
     Handler = grpc.RpcMethodHandler[Any, Any]
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -111,42 +113,15 @@ def _checked_bidi_stream(behaviour: Callable[..., Any]) -> Callable[..., AsyncIt
     return call
 
 
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class MalformedRequestInterceptor(WrappingInterceptor):
     """Answers undecodable request bytes with INVALID_ARGUMENT, for every RPC kind."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        message_type = request_type_name(handler_call_details.method)
-        deserializer = _tolerant(handler.request_deserializer, message_type)
-        serializer = handler.response_serializer
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _checked_unary(handler.unary_unary),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _checked_server_stream(handler.unary_stream),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _checked_client_stream(handler.stream_unary),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _checked_bidi_stream(handler.stream_stream),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
-        return handler
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        return rebuilt(
+            handler,
+            unary_unary=_checked_unary,
+            unary_stream=_checked_server_stream,
+            stream_unary=_checked_client_stream,
+            stream_stream=_checked_bidi_stream,
+            request_deserializer=_tolerant(handler.request_deserializer, request_type_name(method)),
+        )
