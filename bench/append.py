@@ -31,6 +31,7 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import JSONTranscoder, Mapper, Transcoding
 from eventsourcing.utils import Environment, get_topic
 
+from bench.service import positive
 from crmcore.application.base import CRMApplication
 from crmcore.config import PersistenceSettings
 from crmcore.domain.base import Aggregate, Event
@@ -302,23 +303,16 @@ def _measure_backend(
     return rates
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return value
-
-
 def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench append", description=__doc__)
     parser.add_argument(
-        "--events", type=_positive, default=1000, help="events stored per backend and mapper"
+        "--events", type=positive, default=1000, help="events stored per backend and mapper"
     )
     parser.add_argument(
-        "--roundtrips", type=_positive, default=20000, help="mapper round trips per timed run"
+        "--roundtrips", type=positive, default=20000, help="mapper round trips per timed run"
     )
     parser.add_argument(
-        "--repeats", type=_positive, default=5, help="timed runs; the best one counts"
+        "--repeats", type=positive, default=5, help="timed runs; the best one counts"
     )
     parser.add_argument(
         "--backends",

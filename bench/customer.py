@@ -9,13 +9,18 @@ server, else a private one):
    environment only: PostgreSQL, region JP; its NATS URL points at a closed port, so the relay
    and the timeline consumer stay idle and the figures are those of the commands alone):
    `--creates` CreateCustomer calls (a name, a phone to normalise, an e-mail) from `--clients`
-   concurrent gRPC clients. Group commit lets concurrent calls share transactions.
+   concurrent gRPC clients (`bench.load`). Group commit lets concurrent calls share transactions.
+   Then the gRPC ceiling: as many empty `grpc.health.v1.Health/Check` calls to the same process,
+   the same way (`bench.load.rpc_ceiling`). They do no work, so their rate is what the round
+   trip alone costs here, client and server on the same cores as PostgreSQL: no create rate
+   can be higher, and where the ceiling is below 5x the baseline, so is `create_speedup`.
 3. `--customers` more customers (default 100k) stored directly through the customer application
    in big batches, then `--lookups` LookupCustomer calls one after another, each for a random
    stored phone written in national form (normalised by the service), timed at the client.
 
 Figures: `create_per_s`, `baseline_per_s`, `create_speedup` (targets ≥ 5), `create_p99_ms`,
-`lookup_p99_ms` (target ≤ 5 ms).
+`lookup_p99_ms` (target ≤ 5 ms), `rpc_ceiling_per_s` (empty calls per second) and
+`ceiling_vs_baseline` (the highest speedup gRPC leaves room for on this machine).
 """
 
 from __future__ import annotations
@@ -25,31 +30,32 @@ import asyncio
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from bench.append import StockBenchApplication, StockCustomer, StockPostalAddress
+from bench.load import Load, Timed, rpc_ceiling, run_load
+from bench.service import (
+    cpu_seconds,
+    issue_bench_token,
+    percentile,
+    positive,
+    start_service,
+    stop_service,
+)
 from crm.v1 import customer_pb2 as pb
 from crm.v1 import customer_pb2_grpc
-from crmcore.adapters.grpc.channels import open_blocking_channel, open_channel
-from crmcore.adapters.nats_server import free_loopback_port
-from crmcore.application.access import AccessApplication
+from crmcore.adapters.grpc.channels import open_blocking_channel
 from crmcore.application.customers import CustomerApplication
 from crmcore.config import PersistenceSettings
-from crmcore.domain.access import ADMIN_SCOPE, MAX_RATE_PER_S
 from crmcore.domain.base import DomainEvent
 from crmcore.domain.customer import (
     DEVELOPMENT_INDEX_SECRET,
@@ -59,7 +65,7 @@ from crmcore.domain.customer import (
     CustomerRegistered,
     Lifecycle,
 )
-from tests.support.postgres import PostgresProvider, PostgresServer, PostgresUnavailable
+from tests.support.postgres import PostgresProvider, PostgresUnavailable
 
 STARTUP_S = 60
 WARM_UP_CREATES = 200
@@ -81,20 +87,6 @@ def stored_phone(index: int) -> str:
 def national(e164: str) -> str:
     digits = "0" + e164[3:]
     return f"{digits[:3]}-{digits[3:7]}-{digits[7:]}"
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system) a process has used so far, where /proc tells it."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(samples: Sequence[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 # --- 1. baseline --------------------------------------------------------------------------
@@ -149,65 +141,6 @@ def baseline_per_s(persistence: PersistenceSettings, creates: int, clients: int)
 # --- 2. the service -----------------------------------------------------------------------
 
 
-def start_service(
-    server: PostgresServer, dbname: str, data_dir: Path, log: Path, worker_threads: int
-) -> tuple[subprocess.Popen[bytes], str]:
-    address = f"127.0.0.1:{free_loopback_port()}"
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("CRM_", "POSTGRES_", "NATS_", "CUSTOMERS_"))
-    }
-    environment |= {
-        "CRM_CUSTOMER_ADDRESS": address,
-        "CRM_PERSISTENCE": "postgres",
-        "CRM_DATA_DIR": str(data_dir),
-        "CRM_DEFAULT_REGION": "JP",
-        "CRM_WORKER_THREADS": str(worker_threads),
-        "POSTGRES_DBNAME": dbname,
-        "POSTGRES_HOST": server.host,
-        "POSTGRES_PORT": str(server.port),
-        "POSTGRES_USER": server.user,
-        "POSTGRES_PASSWORD": server.password,
-        "POSTGRES_POOL_SIZE": "16",
-        "POSTGRES_MAX_OVERFLOW": "16",
-        # Nothing listens there: the relay and the consumer wait, idle, for a bus.
-        "NATS_URL": f"nats://127.0.0.1:{free_loopback_port()}",
-    }
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.customer"],
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + STARTUP_S
-    with open_blocking_channel(address) as channel:  # health needs no token
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the service exited: {log.read_text()[-2000:]}")
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return process, address
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"the service did not start within {STARTUP_S}s")
-            time.sleep(0.1)
-
-
-def stop_service(process: subprocess.Popen[bytes]) -> int:
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
-
-
 def create_request(index: int) -> pb.CreateCustomerRequest:
     return pb.CreateCustomerRequest(
         customer=pb.Customer(
@@ -221,39 +154,25 @@ def create_request(index: int) -> pb.CreateCustomerRequest:
     )
 
 
-def issue_bench_token(persistence: PersistenceSettings) -> str:
-    """An admin token with no practical rate limit: the load is what is measured."""
-    app = AccessApplication(persistence)
-    try:
-        return app.issue_token("bench", [ADMIN_SCOPE], rate_per_s=MAX_RATE_PER_S).bearer
-    finally:
-        app.close()
+async def _create(
+    stub: customer_pb2_grpc.CustomerServiceAsyncStub, indexes: Iterator[int], timed: Timed
+) -> None:
+    for index in indexes:
+        await timed(stub.CreateCustomer(create_request(index), timeout=60))
 
 
 async def create_through_grpc(
     address: str, token: str, first: int, creates: int, clients: int
-) -> tuple[float, list[float]]:
-    """Rate of `creates` CreateCustomer calls from `clients` concurrent callers, and each
-    call's latency in seconds."""
-    channels = [open_channel(address, token=token) for _ in range(4)]
-    stubs = [customer_pb2_grpc.CustomerServiceStub(channel) for channel in channels]
-    latencies: list[float] = []
-    indexes = iter(range(first, first + creates))
-
-    async def caller(number: int) -> None:
-        stub = stubs[number % len(stubs)]
-        for index in indexes:
-            request = create_request(index)
-            started = time.perf_counter()
-            await stub.CreateCustomer(request, timeout=60)
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller(number) for number in range(clients)))
-    elapsed = time.perf_counter() - started
-    for channel in channels:
-        await channel.close(None)
-    return creates / elapsed, latencies
+) -> Load:
+    """`creates` CreateCustomer calls from `clients` concurrent callers."""
+    return await run_load(
+        address,
+        token,
+        customer_pb2_grpc.CustomerServiceStub,
+        range(first, first + creates),
+        _create,
+        clients,
+    )
 
 
 # --- 3. lookups over many customers -------------------------------------------------------
@@ -323,25 +242,18 @@ def lookup_latencies(address: str, token: str, stored: int, lookups: int) -> lis
 # --- the run ------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return value
-
-
 def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench customer", description=__doc__)
-    parser.add_argument("--creates", type=_positive, default=6_000, help="creates per part")
-    parser.add_argument("--clients", type=_positive, default=64, help="concurrent callers")
+    parser.add_argument("--creates", type=positive, default=6_000, help="creates per part")
+    parser.add_argument("--clients", type=positive, default=64, help="concurrent callers")
     parser.add_argument(
-        "--customers", type=_positive, default=100_000, help="customers stored for lookups"
+        "--customers", type=positive, default=100_000, help="customers stored for lookups"
     )
-    parser.add_argument("--batch", type=_positive, default=2_000, help="customers per bulk save")
-    parser.add_argument("--lookups", type=_positive, default=2_000, help="timed lookups")
+    parser.add_argument("--batch", type=positive, default=2_000, help="customers per bulk save")
+    parser.add_argument("--lookups", type=positive, default=2_000, help="timed lookups")
     parser.add_argument(
         "--worker-threads",
-        type=_positive,
+        type=positive,
         default=64,
         help="the service's CRM_WORKER_THREADS (threads running store calls)",
     )
@@ -374,21 +286,25 @@ def main(argv: Sequence[str]) -> dict[str, object]:
         databases.append(service_db)
         token = issue_bench_token(server.persistence(service_db))
         process, address = start_service(
+            "services.customer",
+            "CRM_CUSTOMER_ADDRESS",
             server,
             service_db,
             workdir / "data",
             workdir / "service.log",
-            arguments.worker_threads,
+            worker_threads=arguments.worker_threads,
+            extra_environment={"CRM_DEFAULT_REGION": "JP"},
         )
         print(f"service: subprocess `python -m services.customer` on {address} (bus idle)")
         asyncio.run(create_through_grpc(address, token, 0, WARM_UP_CREATES, arguments.clients))
         cpu_before = cpu_seconds(process.pid)
-        create_rate, create_latencies = asyncio.run(
+        creates = asyncio.run(
             create_through_grpc(
                 address, token, WARM_UP_CREATES, arguments.creates, arguments.clients
             )
         )
         cpu_after = cpu_seconds(process.pid)
+        create_rate, create_latencies = creates.per_s, creates.latencies
         cpu_ms = (
             None
             if cpu_before is None or cpu_after is None
@@ -401,6 +317,15 @@ def main(argv: Sequence[str]) -> dict[str, object]:
             f"{create_rate:,.0f}/s ({speedup:.1f}x baseline), "
             f"p50 {statistics.median(create_latencies) * 1000:.1f} ms, p99 {create_p99_ms:.1f} ms"
             + ("" if cpu_ms is None else f"; service CPU {cpu_ms:.2f} ms per create")
+        )
+        ceiling = asyncio.run(rpc_ceiling(address, token, arguments.creates, arguments.clients))
+        print(
+            f"gRPC ceiling, empty Health/Check calls to the same service, "
+            f"{arguments.clients} concurrent clients the same way: {ceiling.per_s:,.0f}/s "
+            f"({ceiling.per_s / baseline:.1f}x baseline; creates reach "
+            f"{create_rate / ceiling.per_s:.0%} of it). No work behind them: the round trip "
+            f"alone, client and server sharing these {os.cpu_count()} cores with PostgreSQL, "
+            f"bounds any command rate measured this way"
         )
 
         seconds = store_customers(
@@ -432,6 +357,8 @@ def main(argv: Sequence[str]) -> dict[str, object]:
             "clients": arguments.clients,
             "customers_stored": arguments.customers + arguments.creates + WARM_UP_CREATES,
             "service": "subprocess",
+            "rpc_ceiling_per_s": round(ceiling.per_s),
+            "ceiling_vs_baseline": round(ceiling.per_s / baseline, 2),
         }
         return figures
     finally:

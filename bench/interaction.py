@@ -10,11 +10,17 @@ language), answer (by the client's agent), add a public agent message, resolve.
 2. The service, started as a subprocess (`python -m services.interaction`, configured by its
    environment only: PostgreSQL; its NATS URL points at a closed port, so the relay and the
    routing consumer stay idle and the figures are those of the commands): `--contacts`
-   contacts from `--clients` concurrent gRPC clients. Group commit lets concurrent commands
-   share transactions.
+   contacts from `--clients` concurrent gRPC clients (`bench.load`). Group commit lets
+   concurrent commands share transactions.
+   Then the gRPC ceiling: as many empty `grpc.health.v1.Health/Check` calls as there were
+   commands, to the same process, the same way (`bench.load.rpc_ceiling`). They do no work, so
+   their rate is what the round trip alone costs here, client and server on the same cores as
+   PostgreSQL: no command rate can be higher, and where the ceiling is below 5x the baseline,
+   so is `speedup`.
 
 Figures: `commands_per_s` (the service), `baseline_per_s`, `speedup` (target ≥ 5), `p99_ms`
-(command latency at the client).
+(command latency at the client), `rpc_ceiling_per_s` (empty calls per second) and
+`ceiling_vs_baseline` (the highest speedup gRPC leaves room for on this machine).
 """
 
 from __future__ import annotations
@@ -23,29 +29,29 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from uuid import UUID, uuid4
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from bench.load import Load, Timed, rpc_ceiling, run_load
+from bench.service import (
+    cpu_seconds,
+    issue_bench_token,
+    percentile,
+    positive,
+    start_service,
+    stop_service,
+)
 from crm.v1 import common_pb2, interaction_pb2, interaction_pb2_grpc
-from crmcore.adapters.grpc.channels import open_blocking_channel, open_channel
-from crmcore.adapters.nats_server import free_loopback_port
-from crmcore.application.access import AccessApplication
 from crmcore.application.interactions import InteractionApplication
 from crmcore.config import PersistenceSettings
-from crmcore.domain.access import ADMIN_SCOPE, MAX_RATE_PER_S
 from crmcore.domain.interaction import RoutingRequirements, SkillRequirement
-from tests.support.postgres import PostgresProvider, PostgresServer, PostgresUnavailable
+from tests.support.postgres import PostgresProvider, PostgresUnavailable
 
 pb = interaction_pb2
 STARTUP_S = 60
@@ -56,20 +62,6 @@ REASONS = ("billing", "delivery", "login", "refund")
 
 class BaselineApplication(InteractionApplication):
     name = "bench_interaction_baseline"
-
-
-def percentile(samples: Sequence[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system) a process has used so far, where /proc tells it."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- 1. baseline --------------------------------------------------------------------------
@@ -124,168 +116,87 @@ def baseline_per_s(persistence: PersistenceSettings, contacts: int, clients: int
 # --- 2. the service -----------------------------------------------------------------------
 
 
-def start_service(
-    server: PostgresServer, dbname: str, data_dir: Path, log: Path, worker_threads: int
-) -> tuple[subprocess.Popen[bytes], str]:
-    address = f"127.0.0.1:{free_loopback_port()}"
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("CRM_", "POSTGRES_", "NATS_", "INTERACTIONS_"))
-    }
-    environment |= {
-        "CRM_INTERACTION_ADDRESS": address,
-        "CRM_PERSISTENCE": "postgres",
-        "CRM_DATA_DIR": str(data_dir),
-        "CRM_WORKER_THREADS": str(worker_threads),
-        "POSTGRES_DBNAME": dbname,
-        "POSTGRES_HOST": server.host,
-        "POSTGRES_PORT": str(server.port),
-        "POSTGRES_USER": server.user,
-        "POSTGRES_PASSWORD": server.password,
-        "POSTGRES_POOL_SIZE": "16",
-        "POSTGRES_MAX_OVERFLOW": "16",
-        # Nothing listens there: the relay and the routing consumer wait, idle, for a bus.
-        "NATS_URL": f"nats://127.0.0.1:{free_loopback_port()}",
-    }
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.interaction"],
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
+REQUIREMENTS = pb.QueueRequirements(
+    skills=[pb.RequiredSkill(skill="billing", min_level=2)], language="ja"
+)
+
+
+async def _agent(
+    stub: interaction_pb2_grpc.InteractionServiceAsyncStub, contacts: Iterator[int], timed: Timed
+) -> None:
+    """One agent working one contact after another."""
+    agent_id = str(uuid4())
+    for index in contacts:
+        call = await timed(
+            stub.OpenInteraction(
+                pb.OpenInteractionRequest(
+                    channel=common_pb2.CHANNEL_PHONE,
+                    customer_id=str(uuid4()),
+                    contact_reason=REASONS[index % 4],
+                ),
+                timeout=60,
+            )
         )
-    deadline = time.monotonic() + STARTUP_S
-    with open_blocking_channel(address) as channel:  # health needs no token
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the service exited: {log.read_text()[-2000:]}")
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return process, address
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"the service did not start within {STARTUP_S}s")
-            time.sleep(0.1)
+        await timed(
+            stub.QueueInteraction(
+                pb.QueueInteractionRequest(
+                    interaction_id=call.id, queue="support", requirements=REQUIREMENTS
+                ),
+                timeout=60,
+            )
+        )
+        await timed(
+            stub.AnswerInteraction(
+                pb.AnswerInteractionRequest(interaction_id=call.id, agent_id=agent_id),
+                timeout=60,
+            )
+        )
+        await timed(
+            stub.AddMessage(
+                pb.AddMessageRequest(
+                    interaction_id=call.id,
+                    author_kind=pb.AUTHOR_KIND_AGENT,
+                    author_id=agent_id,
+                    text="お問い合わせありがとうございます",
+                ),
+                timeout=60,
+            )
+        )
+        await timed(
+            stub.ResolveInteraction(
+                pb.ResolveInteractionRequest(interaction_id=call.id, resolution="Answered"),
+                timeout=60,
+            )
+        )
 
 
-def stop_service(process: subprocess.Popen[bytes]) -> int:
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
-
-
-def issue_bench_token(persistence: PersistenceSettings) -> str:
-    """An admin token with no practical rate limit: the load is what is measured."""
-    app = AccessApplication(persistence)
-    try:
-        return app.issue_token("bench", [ADMIN_SCOPE], rate_per_s=MAX_RATE_PER_S).bearer
-    finally:
-        app.close()
-
-
-async def contacts_through_grpc(
-    address: str, token: str, contacts: int, clients: int
-) -> tuple[float, list[float]]:
-    """Commands per second of `contacts` contacts from `clients` concurrent callers (each an
-    agent working one contact after another), and each command's latency in seconds."""
-    channels = [open_channel(address, token=token) for _ in range(4)]
-    stubs = [interaction_pb2_grpc.InteractionServiceStub(channel) for channel in channels]
-    latencies: list[float] = []
-    remaining = iter(range(contacts))
-    requirements = pb.QueueRequirements(
-        skills=[pb.RequiredSkill(skill="billing", min_level=2)], language="ja"
+async def contacts_through_grpc(address: str, token: str, contacts: int, clients: int) -> Load:
+    """The commands of `contacts` contacts from `clients` concurrent callers, each an agent."""
+    return await run_load(
+        address,
+        token,
+        interaction_pb2_grpc.InteractionServiceStub,
+        range(contacts),
+        _agent,
+        clients,
     )
-
-    async def timed(call: object) -> pb.Interaction:
-        started = time.perf_counter()
-        reply: pb.Interaction = await call  # type: ignore[misc]
-        latencies.append(time.perf_counter() - started)
-        return reply
-
-    async def agent(number: int) -> None:
-        stub = stubs[number % len(stubs)]
-        agent_id = str(uuid4())
-        for index in remaining:
-            call = await timed(
-                stub.OpenInteraction(
-                    pb.OpenInteractionRequest(
-                        channel=common_pb2.CHANNEL_PHONE,
-                        customer_id=str(uuid4()),
-                        contact_reason=REASONS[index % 4],
-                    ),
-                    timeout=60,
-                )
-            )
-            await timed(
-                stub.QueueInteraction(
-                    pb.QueueInteractionRequest(
-                        interaction_id=call.id, queue="support", requirements=requirements
-                    ),
-                    timeout=60,
-                )
-            )
-            await timed(
-                stub.AnswerInteraction(
-                    pb.AnswerInteractionRequest(interaction_id=call.id, agent_id=agent_id),
-                    timeout=60,
-                )
-            )
-            await timed(
-                stub.AddMessage(
-                    pb.AddMessageRequest(
-                        interaction_id=call.id,
-                        author_kind=pb.AUTHOR_KIND_AGENT,
-                        author_id=agent_id,
-                        text="お問い合わせありがとうございます",
-                    ),
-                    timeout=60,
-                )
-            )
-            await timed(
-                stub.ResolveInteraction(
-                    pb.ResolveInteractionRequest(interaction_id=call.id, resolution="Answered"),
-                    timeout=60,
-                )
-            )
-
-    started = time.perf_counter()
-    await asyncio.gather(*(agent(number) for number in range(clients)))
-    elapsed = time.perf_counter() - started
-    for channel in channels:
-        await channel.close(grace=None)
-    return contacts * COMMANDS_PER_CONTACT / elapsed, latencies
 
 
 # --- the run ------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return value
-
-
 def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench interaction", description=__doc__)
     parser.add_argument(
-        "--contacts", type=_positive, default=2_000, help="contacts through the service"
+        "--contacts", type=positive, default=2_000, help="contacts through the service"
     )
     parser.add_argument(
-        "--baseline-contacts", type=_positive, default=600, help="contacts for the baseline"
+        "--baseline-contacts", type=positive, default=600, help="contacts for the baseline"
     )
-    parser.add_argument("--clients", type=_positive, default=64, help="concurrent callers")
+    parser.add_argument("--clients", type=positive, default=64, help="concurrent callers")
     parser.add_argument(
         "--worker-threads",
-        type=_positive,
+        type=positive,
         default=64,
         help="the service's CRM_WORKER_THREADS (threads running store calls)",
     )
@@ -318,15 +229,22 @@ def main(argv: Sequence[str]) -> dict[str, object]:
         databases.append(service_db)
         token = issue_bench_token(server.persistence(service_db))
         process, address = start_service(
-            server, service_db, workdir / "data", workdir / "service.log", arguments.worker_threads
+            "services.interaction",
+            "CRM_INTERACTION_ADDRESS",
+            server,
+            service_db,
+            workdir / "data",
+            workdir / "service.log",
+            worker_threads=arguments.worker_threads,
         )
         print(f"service: subprocess `python -m services.interaction` on {address} (bus idle)")
         asyncio.run(contacts_through_grpc(address, token, WARM_UP_CONTACTS, arguments.clients))
         cpu_before = cpu_seconds(process.pid)
-        rate, latencies = asyncio.run(
+        load = asyncio.run(
             contacts_through_grpc(address, token, arguments.contacts, arguments.clients)
         )
         cpu_after = cpu_seconds(process.pid)
+        rate, latencies = load.per_s, load.latencies
         commands = arguments.contacts * COMMANDS_PER_CONTACT
         cpu_ms = (
             None
@@ -342,6 +260,15 @@ def main(argv: Sequence[str]) -> dict[str, object]:
             f"p99 {p99_ms:.1f} ms"
             + ("" if cpu_ms is None else f"; service CPU {cpu_ms:.2f} ms per command")
         )
+        ceiling = asyncio.run(rpc_ceiling(address, token, commands, arguments.clients))
+        print(
+            f"gRPC ceiling, empty Health/Check calls to the same service, "
+            f"{arguments.clients} concurrent clients the same way: {ceiling.per_s:,.0f}/s "
+            f"({ceiling.per_s / baseline:.1f}x baseline; commands reach "
+            f"{rate / ceiling.per_s:.0%} of it). No work behind them: the round trip "
+            f"alone, client and server sharing these {os.cpu_count()} cores with PostgreSQL, "
+            f"bounds any command rate measured this way"
+        )
         return {
             "commands_per_s": round(rate, 1),
             "baseline_per_s": round(baseline, 1),
@@ -353,6 +280,8 @@ def main(argv: Sequence[str]) -> dict[str, object]:
             "commands": commands,
             "clients": arguments.clients,
             "service": "subprocess",
+            "rpc_ceiling_per_s": round(ceiling.per_s, 1),
+            "ceiling_vs_baseline": round(ceiling.per_s / baseline, 2),
         }
     finally:
         if process is not None:

@@ -30,6 +30,7 @@ from uuid import uuid4
 
 import nats
 
+from bench.service import percentile
 from crmcore.adapters.nats_server import NatsServer
 from crmcore.adapters.relay import OutboxRelay
 from crmcore.adapters.schemas import event_classes, example_event
@@ -139,12 +140,6 @@ async def live_latencies_ms(
         relay.stop()
         await task
     return [(acked_at[nid] - saved_at[nid]) * 1000 for nid in saved_at]
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def _arguments(argv: Sequence[str]) -> argparse.Namespace:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+from bench.service import percentile
 from crmcore.domain.agent import Agent, Presence, Requirements, Skill, SkillRequirement
 from crmcore.domain.base import DomainEvent
 from crmcore.domain.queue import (
@@ -318,13 +319,6 @@ class Runner:
         result = work()
         self.timings[kind].append((time.perf_counter_ns() - started) / 1000)
         return result
-
-
-def percentile(samples: Sequence[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def main(argv: Sequence[str]) -> dict[str, object]:

@@ -7,8 +7,8 @@ from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 import msgspec
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Mapper
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.persistence import IntegrityError, Mapper, Recording
 from eventsourcing.utils import Environment
 
 from crmcore.adapters.mapper import MsgspecMapper
@@ -72,6 +72,22 @@ class CRMApplication(Application[UUID]):
         """Stores what is waiting and stops the group-commit writer (if any)."""
         if self._writer is not None:
             self._writer.stop()
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        """The library's `save`, without its per-object `isinstance` check against a runtime
+        Protocol when every object is one of our events: on Python 3.11 that check walks the
+        protocol's attributes each time, which cost more than mapping the event (a group-commit
+        batch saves thousands). Anything else goes through the library unchanged."""
+        if not all(isinstance(obj, DomainEvent) for obj in objs):
+            return super().save(*objs, **kwargs)
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        processing_event.events.extend(objs)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # the library's deprecated hook, kept as it does
+        return recordings
 
     def construct_env(self, name: str, env: Any = None) -> Environment:
         # Deliberately does not merge os.environ: crmcore.config is the one place reading it.

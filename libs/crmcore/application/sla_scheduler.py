@@ -3,7 +3,8 @@ at-risk and breached events.
 
 `SlaClocks` is a read model ("interactions_sla", beside the events) that follows the
 interaction application's notification log, committing each batch with its position in one
-transaction. For every case it keeps the clocks of the matching policy
+transaction (the batch's rows read at once, its events applied to them in memory, each changed
+row written once). For every case it keeps the clocks of the matching policy
 (`crmcore.domain.sla`):
 
 - first response: from the case's opening to the first public reply of an agent;
@@ -54,17 +55,25 @@ had projected already) have none.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import msgspec
 from eventsourcing.utils import get_topic
 
-from crmcore.adapters.readmodels import Cursor, ReadModelStore, open_read_model_store
+from crmcore.adapters.readmodels import (
+    Cursor,
+    Dialect,
+    ReadModelStore,
+    Row,
+    open_read_model_store,
+)
 from crmcore.application.interactions import InteractionApplication
 from crmcore.domain.base import DomainEvent
 from crmcore.domain.case import (
@@ -118,6 +127,19 @@ SLA_STORE_NAME = "interactions_sla"
 DEFAULT_BATCH_SIZE = 500
 #: Clocks handled per scheduler round at most (the rest wait for the next tick).
 MAX_DUE_PER_ROUND = 500
+#: A catch-up batch runs Python for tens of milliseconds. Run without a pause, it makes each
+#: command thread of the service wait up to the interpreter's switch interval (5 ms) for the
+#: GIL after every I/O the thread completes (the convoy effect, which showed in the command
+#: p99 of `python -m bench interaction`). So its long loops sleep `BREATH_S` after each
+#: `BREATH_EVERY_S` of running, which hands the GIL over.
+BREATH_EVERY_S = 0.002
+BREATH_S = 0.0005
+#: Rows of one table written by one `executemany` (so that writing a batch breathes too).
+ROWS_PER_WRITE = 100
+#: Ids bound in one `IN (…)` list on SQLite (older builds take at most 999 parameters).
+SQLITE_IDS_PER_SELECT = 500
+#: Subjects whose rows one recomputation of deadlines holds in memory at a time.
+RECOMPUTE_CHUNK = 1_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _clock_encoder = msgspec.msgpack.Encoder()
@@ -182,6 +204,19 @@ _DONE_STATUSES = frozenset(
         InteractionStatus.CONTAINED,
     }
 )
+
+
+_T = TypeVar("_T")
+
+
+def _breathing(items: Iterable[_T]) -> Iterator[_T]:
+    """`items`, with a short sleep every `BREATH_EVERY_S` (see there)."""
+    last = time.perf_counter()
+    for item in items:
+        yield item
+        if time.perf_counter() - last >= BREATH_EVERY_S:
+            time.sleep(BREATH_S)
+            last = time.perf_counter()
 
 
 def _micros(moment: datetime) -> int:
@@ -255,6 +290,313 @@ class _InteractionRow(msgspec.Struct, kw_only=True):
     linked_case_id: str | None = None
 
 
+#: (due, at risk, breach owed from, at-risk owed from, target) of a clock, times in µs.
+_Deadlines = tuple[int | None, int | None, int | None, int | None, timedelta | None]
+
+_CASE_COLUMNS = "case_id, version, customer_id, channel, priority, status, first_responded, cycles"
+_INTERACTION_COLUMNS = (
+    "interaction_id, version, customer_id, channel, priority, status, timed, first_responded, "
+    "cycles, linked_case_id"
+)
+_UPSERT_CASE = (
+    f"INSERT INTO sla_cases ({_CASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (case_id) DO UPDATE SET version = excluded.version, "
+    "customer_id = excluded.customer_id, channel = excluded.channel, "
+    "priority = excluded.priority, status = excluded.status, "
+    "first_responded = excluded.first_responded, cycles = excluded.cycles"
+)
+_UPSERT_INTERACTION = (
+    f"INSERT INTO sla_interactions ({_INTERACTION_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (interaction_id) DO UPDATE SET version = excluded.version, "
+    "customer_id = excluded.customer_id, channel = excluded.channel, "
+    "priority = excluded.priority, status = excluded.status, timed = excluded.timed, "
+    "first_responded = excluded.first_responded, cycles = excluded.cycles, "
+    "linked_case_id = excluded.linked_case_id"
+)
+_UPSERT_LINK = (
+    "INSERT INTO sla_links (interaction_id, case_id) VALUES (?, ?) "
+    "ON CONFLICT (interaction_id) DO UPDATE SET case_id = excluded.case_id"
+)
+# The recorded-event flags are not among the columns: they change only with those events.
+_UPSERT_CLOCK = (
+    "INSERT INTO sla_clocks (case_id, metric, cycle, state, clock, policy, target_s, "
+    "due_at, at_risk_at, breach_due, at_risk_due) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (case_id, metric, cycle) DO UPDATE SET state = excluded.state, "
+    "clock = excluded.clock, policy = excluded.policy, target_s = excluded.target_s, "
+    "due_at = excluded.due_at, at_risk_at = excluded.at_risk_at, "
+    "breach_due = excluded.breach_due, at_risk_due = excluded.at_risk_due"
+)
+
+#: A clock row's key: (subject id, metric, cycle).
+_ClockKey = tuple[str, str, int]
+
+
+class _BatchRows:
+    """The rows that one catch-up batch (or one recomputation) works on: read together
+    (`prefetch`, else each on first use), changed in memory event after event, and each
+    changed row written once (`write`). The projection's position stays locked throughout
+    the transaction, so nobody else changes these rows meanwhile: after each event, memory
+    holds what the tables would if that event had been written at once."""
+
+    def __init__(self, cursor: Cursor, dialect: Dialect) -> None:
+        self._cursor = cursor
+        self._dialect = dialect
+        # None: no such row.
+        self._cases: dict[str, _CaseRow | None] = {}
+        self._interactions: dict[str, _InteractionRow | None] = {}
+        self._links: dict[str, str | None] = {}
+        #: Each subject's clocks by (metric, cycle): the stored ones and those written since.
+        self._clocks: dict[str, dict[tuple[str, int], SlaClock]] = {}
+        self._changed_cases: dict[str, _CaseRow] = {}
+        self._changed_interactions: dict[str, _InteractionRow] = {}
+        self._changed_links: dict[str, str] = {}
+        #: The policy and clock last written to each clock row (deadlines follow at `write`).
+        self._rewritten: dict[_ClockKey, tuple[SlaPolicy | None, SlaClock]] = {}
+        self._breach_sent: set[_ClockKey] = set()
+        self._at_risk_sent: set[_ClockKey] = set()
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def prefetch(self, events: Iterable[DomainEvent]) -> None:
+        """Reads every row that `events` can touch, a few statements in all."""
+        cases: set[str] = set()
+        interactions: set[str] = set()
+        subjects: set[str] = set()
+        messaged: set[str] = set()
+        for event in events:
+            if isinstance(event, CaseEvent):
+                cases.add(str(event.originator_id))
+            elif isinstance(event, SlaEvent):
+                subjects.add(str(event.subject_id))
+            elif isinstance(event, InteractionEvent):
+                interactions.add(str(event.originator_id))
+                if isinstance(event, InteractionOpened | LinkedToCase):
+                    if event.case_id is not None:
+                        cases.add(str(event.case_id))
+                elif isinstance(event, MessageAdded):
+                    messaged.add(str(event.originator_id))
+        # A public message moves the clocks of the case its interaction is linked to.
+        self._load_links(messaged)
+        cases.update(case_id for case_id in map(self._links.__getitem__, messaged) if case_id)
+        self._load_cases(cases)
+        self._load_interactions(interactions)
+        self._load_clocks(cases | interactions | subjects)
+
+    def load_subjects(self, subject_ids: Collection[str]) -> None:
+        """Reads the case or interaction rows of `subject_ids` and their clocks."""
+        self._load_cases(subject_ids)
+        self._load_interactions(subject_ids)
+        self._load_clocks(subject_ids)
+
+    def case(self, case_id: str) -> _CaseRow | None:
+        """A copy of the case's row (`save_case` stores a change)."""
+        if case_id not in self._cases:
+            self._load_cases([case_id])
+        row = self._cases[case_id]
+        return None if row is None else copy.copy(row)
+
+    def interaction(self, interaction_id: str) -> _InteractionRow | None:
+        """A copy of the interaction's row (`save_interaction` stores a change)."""
+        if interaction_id not in self._interactions:
+            self._load_interactions([interaction_id])
+        row = self._interactions[interaction_id]
+        return None if row is None else copy.copy(row)
+
+    def link(self, interaction_id: str) -> str | None:
+        """The case an interaction is linked to."""
+        if interaction_id not in self._links:
+            self._load_links([interaction_id])
+        return self._links[interaction_id]
+
+    def clocks(self, subject_id: str) -> list[SlaClock]:
+        """A case's or an interaction's clocks, by metric and cycle."""
+        return [clock for _, clock in sorted(self._clocks_of(subject_id).items())]
+
+    def _clocks_of(self, subject_id: str) -> dict[tuple[str, int], SlaClock]:
+        if subject_id not in self._clocks:
+            self._load_clocks([subject_id])
+        return self._clocks[subject_id]
+
+    def _load_cases(self, case_ids: Iterable[str]) -> None:
+        wanted = [case_id for case_id in case_ids if case_id not in self._cases]
+        self._cases.update(dict.fromkeys(wanted))
+        for row in self._select(f"SELECT {_CASE_COLUMNS} FROM sla_cases WHERE case_id", wanted):
+            self._cases[str(row[0])] = _CaseRow(
+                case_id=str(row[0]),
+                version=int(row[1]),
+                customer_id=None if row[2] is None else str(row[2]),
+                channel=None if row[3] is None else Channel(row[3]),
+                priority=CasePriority(row[4]),
+                status=CaseStatus(row[5]),
+                first_responded=bool(row[6]),
+                cycles=int(row[7]),
+            )
+
+    def _load_interactions(self, interaction_ids: Iterable[str]) -> None:
+        wanted = [key for key in interaction_ids if key not in self._interactions]
+        self._interactions.update(dict.fromkeys(wanted))
+        rows = self._select(
+            f"SELECT {_INTERACTION_COLUMNS} FROM sla_interactions WHERE interaction_id", wanted
+        )
+        for row in rows:
+            self._interactions[str(row[0])] = _InteractionRow(
+                interaction_id=str(row[0]),
+                version=int(row[1]),
+                customer_id=None if row[2] is None else str(row[2]),
+                channel=Channel(row[3]),
+                priority=CasePriority(row[4]),
+                status=InteractionStatus(row[5]),
+                timed=bool(row[6]),
+                first_responded=bool(row[7]),
+                cycles=int(row[8]),
+                linked_case_id=None if row[9] is None else str(row[9]),
+            )
+
+    def _load_links(self, interaction_ids: Iterable[str]) -> None:
+        wanted = [key for key in interaction_ids if key not in self._links]
+        self._links.update(dict.fromkeys(wanted))
+        rows = self._select(
+            "SELECT interaction_id, case_id FROM sla_links WHERE interaction_id", wanted
+        )
+        for interaction_id, case_id in rows:
+            self._links[str(interaction_id)] = str(case_id)
+
+    def _load_clocks(self, subject_ids: Iterable[str]) -> None:
+        wanted = [key for key in subject_ids if key not in self._clocks]
+        for subject_id in wanted:
+            self._clocks[subject_id] = {}
+        for subject_id, raw in self._select(
+            "SELECT case_id, clock FROM sla_clocks WHERE case_id", wanted
+        ):
+            clock = _clock_decoder.decode(bytes(raw))
+            self._clocks[str(subject_id)][(str(clock.metric), clock.cycle)] = clock
+
+    def _select(self, sql: str, ids: list[str]) -> list[Row]:
+        """The rows of `sql`, which ends in "WHERE <id column>", for any of `ids`."""
+        if not ids:
+            return []
+        if self._dialect == "postgres":
+            self._cursor.execute(f"{sql} = ANY(?)", (ids,))
+            return self._cursor.fetchall()
+        found: list[Row] = []
+        for start in range(0, len(ids), SQLITE_IDS_PER_SELECT):
+            chunk = ids[start : start + SQLITE_IDS_PER_SELECT]
+            self._cursor.execute(f"{sql} IN ({', '.join('?' * len(chunk))})", chunk)
+            found += self._cursor.fetchall()
+        return found
+
+    # --- changing ---------------------------------------------------------------------------
+
+    def save_case(self, row: _CaseRow) -> None:
+        self._cases[row.case_id] = self._changed_cases[row.case_id] = copy.copy(row)
+
+    def save_interaction(self, row: _InteractionRow) -> None:
+        saved = copy.copy(row)
+        self._interactions[row.interaction_id] = saved
+        self._changed_interactions[row.interaction_id] = saved
+
+    def save_link(self, interaction_id: str, case_id: str) -> None:
+        self._links[interaction_id] = self._changed_links[interaction_id] = case_id
+
+    def rewrite(self, subject_id: str, policy: SlaPolicy | None, clocks: Iterable[SlaClock]) -> int:
+        """Stores `clocks` of a subject, their deadlines to be those of `policy`; returns how
+        many."""
+        stored = self._clocks_of(subject_id)
+        count = 0
+        for clock in clocks:
+            metric = str(clock.metric)
+            stored[(metric, clock.cycle)] = clock
+            self._rewritten[(subject_id, metric, clock.cycle)] = (policy, clock)
+            count += 1
+        return count
+
+    def mark_sent(self, subject_id: str, metric: SlaMetric, cycle: int, *, breached: bool) -> None:
+        """Records that a clock's breached (or at-risk) event was recorded; nothing for a
+        clock that has no row (its subject's clocks were never kept)."""
+        if (str(metric), cycle) not in self._clocks_of(subject_id):
+            return
+        sent = self._breach_sent if breached else self._at_risk_sent
+        sent.add((subject_id, str(metric), cycle))
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def write(self, deadlines: Callable[[SlaPolicy | None, SlaClock], _Deadlines]) -> None:
+        """Writes every changed row once (in key order), each clock with the deadlines of
+        the policy it was last stored under."""
+        cases = self._changed_cases
+        self._write_many(_UPSERT_CASE, [_case_columns(cases[key]) for key in sorted(cases)])
+        interactions = self._changed_interactions
+        self._write_many(
+            _UPSERT_INTERACTION,
+            [_interaction_columns(interactions[key]) for key in sorted(interactions)],
+        )
+        self._write_many(_UPSERT_LINK, sorted(self._changed_links.items()))
+        clock_rows = []
+        for key in _breathing(sorted(self._rewritten)):
+            policy, clock = self._rewritten[key]
+            due_at, at_risk_at, breach_due, at_risk_due, target = deadlines(policy, clock)
+            clock_rows.append(
+                (
+                    *key,
+                    str(clock.state),
+                    _clock_encoder.encode(clock),
+                    None if policy is None or target is None else policy.name,
+                    None if target is None else target.total_seconds(),
+                    due_at,
+                    at_risk_at,
+                    breach_due,
+                    at_risk_due,
+                )
+            )
+        self._write_many(_UPSERT_CLOCK, clock_rows)
+        # After the clocks: a row first written in this batch may carry its flag already.
+        for column, keys in (
+            ("breach_sent", self._breach_sent),
+            ("at_risk_sent", self._at_risk_sent),
+        ):
+            self._write_many(
+                f"UPDATE sla_clocks SET {column} = 1 "
+                "WHERE case_id = ? AND metric = ? AND cycle = ?",
+                sorted(keys),
+            )
+
+    def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """`executemany` in parts of `ROWS_PER_WRITE`, breathing in between (`BREATH_S`)."""
+        parts = (rows[at : at + ROWS_PER_WRITE] for at in range(0, len(rows), ROWS_PER_WRITE))
+        for part in _breathing(parts):
+            self._cursor.executemany(sql, part)
+
+
+def _case_columns(row: _CaseRow) -> tuple[Any, ...]:
+    return (
+        row.case_id,
+        row.version,
+        row.customer_id,
+        None if row.channel is None else str(row.channel),
+        str(row.priority),
+        str(row.status),
+        int(row.first_responded),
+        row.cycles,
+    )
+
+
+def _interaction_columns(row: _InteractionRow) -> tuple[Any, ...]:
+    return (
+        row.interaction_id,
+        row.version,
+        row.customer_id,
+        str(row.channel),
+        str(row.priority),
+        str(row.status),
+        int(row.timed),
+        int(row.first_responded),
+        row.cycles,
+        row.linked_case_id,
+    )
+
+
 class SlaClocks:
     """The due-date read model (module docstring)."""
 
@@ -309,7 +651,11 @@ class SlaClocks:
     # --- following the log ------------------------------------------------------------------
 
     def catch_up(self, *, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
-        """Projects every event stored after the saved position; returns how many were read."""
+        """Projects every event stored after the saved position; returns how many were read.
+
+        A batch is one transaction: the rows its events touch are read together, the events
+        applied to them in memory one after the other, and each changed row written once,
+        with the new position."""
         read = 0
         with self._lock:
             while True:
@@ -320,10 +666,16 @@ class SlaClocks:
                     )
                     if not notifications:
                         return read
-                    for notification in notifications:
-                        if notification.topic in self._topics:
-                            event = self.app.mapper.to_domain_event(notification)
-                            self._apply(cursor, cast(DomainEvent, event))
+                    events = [
+                        cast(DomainEvent, self.app.mapper.to_domain_event(notification))
+                        for notification in _breathing(notifications)
+                        if notification.topic in self._topics
+                    ]
+                    rows = _BatchRows(cursor, self.store.dialect)
+                    rows.prefetch(events)
+                    for event in _breathing(events):
+                        self._apply(rows, event)
+                    rows.write(self._deadlines)
                     ReadModelStore.save_position(cursor, self.PROJECTION, notifications[-1].id)
                 read += len(notifications)
 
@@ -331,51 +683,56 @@ class SlaClocks:
         """Recomputes the deadlines of every running or paused clock with the current
         policies (after a configuration change); returns how many clocks it looked at."""
         with self._lock, self.store.transaction() as cursor:
+            # The projection's lock: no catch-up elsewhere changes these clocks meanwhile.
+            _locked_position(cursor, self.store.dialect, self.PROJECTION)
             cursor.execute(
                 "SELECT DISTINCT case_id FROM sla_clocks WHERE state IN (?, ?)",
                 tuple(str(state) for state in _OPEN_STATES),
             )
-            case_ids = [str(row[0]) for row in cursor.fetchall()]
+            subject_ids = sorted(str(row[0]) for row in cursor.fetchall())
             count = 0
-            for case_id in case_ids:
-                case = self._case_row(cursor, case_id)
-                if case is not None:
-                    count += self._rewrite(cursor, case, self._clocks(cursor, case_id))
-                    continue
-                interaction = self._interaction_row(cursor, case_id)
-                if interaction is not None:
-                    count += self._rewrite_interaction(
-                        cursor, interaction, self._clocks(cursor, case_id)
-                    )
+            for start in range(0, len(subject_ids), RECOMPUTE_CHUNK):
+                chunk = subject_ids[start : start + RECOMPUTE_CHUNK]
+                rows = _BatchRows(cursor, self.store.dialect)
+                rows.load_subjects(chunk)
+                for subject_id in chunk:
+                    case = rows.case(subject_id)
+                    if case is not None:
+                        count += self._rewrite(rows, case, rows.clocks(subject_id))
+                        continue
+                    interaction = rows.interaction(subject_id)
+                    if interaction is not None:
+                        count += self._rewrite_interaction(
+                            rows, interaction, rows.clocks(subject_id)
+                        )
+                rows.write(self._deadlines)
             return count
 
-    def _apply(self, cursor: Cursor, event: DomainEvent) -> None:
+    def _apply(self, rows: _BatchRows, event: DomainEvent) -> None:
         if isinstance(event, CaseEvent):
-            self._case_event(cursor, event)
+            self._case_event(rows, event)
         elif isinstance(event, SlaEvent):
-            column = "breach_sent" if isinstance(event, SlaBreached) else "at_risk_sent"
-            cursor.execute(
-                f"UPDATE sla_clocks SET {column} = 1 "
-                "WHERE case_id = ? AND metric = ? AND cycle = ?",
-                (str(event.subject_id), str(event.metric), event.cycle),
+            rows.mark_sent(
+                str(event.subject_id),
+                event.metric,
+                event.cycle,
+                breached=isinstance(event, SlaBreached),
             )
         elif isinstance(event, InteractionEvent):
             if isinstance(event, InteractionOpened | LinkedToCase):
                 case_id = event.case_id
                 if case_id is not None:
-                    cursor.execute(
-                        "INSERT INTO sla_links (interaction_id, case_id) VALUES (?, ?) "
-                        "ON CONFLICT (interaction_id) DO UPDATE SET case_id = excluded.case_id",
-                        (str(event.originator_id), str(case_id)),
-                    )
+                    rows.save_link(str(event.originator_id), str(case_id))
             elif isinstance(event, MessageAdded):
-                self._message(cursor, event)
-            self._interaction_event(cursor, event)
+                self._message(rows, event)
+            self._interaction_event(rows, event)
 
-    def _case_event(self, cursor: Cursor, event: CaseEvent) -> None:
+    def _case_event(self, rows: _BatchRows, event: CaseEvent) -> None:
         case_id = str(event.originator_id)
         at = event.timestamp
         if isinstance(event, CaseOpened):
+            if rows.case(case_id) is not None:
+                return  # seen already
             opened = _CaseRow(
                 case_id=case_id,
                 version=event.originator_version,
@@ -386,28 +743,22 @@ class SlaClocks:
                 first_responded=False,
                 cycles=0,
             )
-            if self._case_row(cursor, case_id) is not None:
-                return  # seen already
             clocks = [
                 SlaClock(metric=SlaMetric.FIRST_RESPONSE, cycle=1, started_at=at),
                 SlaClock(metric=SlaMetric.RESOLUTION, cycle=1, started_at=at),
             ]
-            self._save_case(cursor, opened, insert=True)
-            self._rewrite(cursor, opened, clocks)
+            rows.save_case(opened)
+            self._rewrite(rows, opened, clocks)
             return
-        case = self._case_row(cursor, case_id)
+        case = rows.case(case_id)
         if case is None or case.version >= event.originator_version:
             return
-        clocks = self._clocks(cursor, case_id)
+        clocks = rows.clocks(case_id)
         was_pending = case.status is CaseStatus.PENDING
         case.version = event.originator_version
         case.status = event.status
         if isinstance(event, CaseInteractionLinked):
-            cursor.execute(
-                "INSERT INTO sla_links (interaction_id, case_id) VALUES (?, ?) "
-                "ON CONFLICT (interaction_id) DO UPDATE SET case_id = excluded.case_id",
-                (str(event.interaction_id), case_id),
-            )
+            rows.save_link(str(event.interaction_id), case_id)
             if case.channel is None and event.channel is not None:
                 case.channel = event.channel
         elif isinstance(event, CaseStatusChanged):
@@ -434,23 +785,20 @@ class SlaClocks:
             ]
         elif isinstance(event, CaseClosed):
             clocks = [clock.stop(at) for clock in clocks]
-        self._save_case(cursor, case, insert=False)
-        self._rewrite(cursor, case, clocks)
+        rows.save_case(case)
+        self._rewrite(rows, case, clocks)
 
-    def _message(self, cursor: Cursor, event: MessageAdded) -> None:
+    def _message(self, rows: _BatchRows, event: MessageAdded) -> None:
         entry = event.entry
         if not entry.public or entry.author_kind not in (AuthorKind.CUSTOMER, AuthorKind.AGENT):
             return
-        cursor.execute(
-            "SELECT case_id FROM sla_links WHERE interaction_id = ?", (str(event.originator_id),)
-        )
-        row = cursor.fetchone()
-        if row is None:
+        case_id = rows.link(str(event.originator_id))
+        if case_id is None:
             return
-        case = self._case_row(cursor, str(row[0]))
+        case = rows.case(case_id)
         if case is None or not case.first_responded:
             return  # before the first reply, the first-response clock is what runs
-        clocks = self._clocks(cursor, case.case_id)
+        clocks = rows.clocks(case.case_id)
         waiting = [
             clock
             for clock in clocks
@@ -460,7 +808,7 @@ class SlaClocks:
         if entry.author_kind is AuthorKind.AGENT:
             if waiting:
                 met = [clock.meet(at) if clock in waiting else clock for clock in clocks]
-                self._rewrite(cursor, case, met)
+                self._rewrite(rows, case, met)
             return
         if waiting or case.status in (CaseStatus.SOLVED, CaseStatus.CLOSED):
             return
@@ -468,17 +816,17 @@ class SlaClocks:
         started = SlaClock(metric=SlaMetric.NEXT_RESPONSE, cycle=case.cycles, started_at=at)
         if case.status is CaseStatus.PENDING:
             started = started.pause(at)
-        self._save_case(cursor, case, insert=False)
-        self._rewrite(cursor, case, [started])
+        rows.save_case(case)
+        self._rewrite(rows, case, [started])
 
-    def _interaction_event(self, cursor: Cursor, event: InteractionEvent) -> None:
+    def _interaction_event(self, rows: _BatchRows, event: InteractionEvent) -> None:
         """The clocks of an interaction outside any case (module docstring)."""
         interaction_id = str(event.originator_id)
         at = event.timestamp
         if isinstance(event, InteractionOpened):
             if event.case_id is not None or event.direction is not Direction.INBOUND:
                 return  # in a case from the start (its clocks count), or outbound
-            if self._interaction_row(cursor, interaction_id) is not None:
+            if rows.interaction(interaction_id) is not None:
                 return  # seen already
             opened = _InteractionRow(
                 interaction_id=interaction_id,
@@ -491,14 +839,14 @@ class SlaClocks:
                 first_responded=False,
                 cycles=0,
             )
-            self._save_interaction(cursor, opened, insert=True)
+            rows.save_interaction(opened)
             if opened.timed:
-                self._rewrite_interaction(cursor, opened, _first_clocks(at, responded=False))
+                self._rewrite_interaction(rows, opened, _first_clocks(at, responded=False))
             return
-        row = self._interaction_row(cursor, interaction_id)
+        row = rows.interaction(interaction_id)
         if row is None or row.linked_case_id is not None or row.version >= event.originator_version:
             return
-        clocks = self._clocks(cursor, interaction_id)
+        clocks = rows.clocks(interaction_id)
         row.version = event.originator_version
         row.status = event.status
         row.customer_id = None if event.customer_id is None else str(event.customer_id)
@@ -529,8 +877,8 @@ class SlaClocks:
             ]
         elif isinstance(event, Closed | Abandoned):
             clocks = [clock.stop(at) for clock in clocks]
-        self._save_interaction(cursor, row, insert=False)
-        self._rewrite_interaction(cursor, row, clocks)
+        rows.save_interaction(row)
+        self._rewrite_interaction(rows, row, clocks)
 
     @staticmethod
     def _interaction_message(
@@ -557,157 +905,20 @@ class SlaClocks:
             SlaClock(metric=SlaMetric.NEXT_RESPONSE, cycle=row.cycles, started_at=at),
         ]
 
-    # --- rows -------------------------------------------------------------------------------
-
-    def _interaction_row(self, cursor: Cursor, interaction_id: str) -> _InteractionRow | None:
-        cursor.execute(
-            "SELECT interaction_id, version, customer_id, channel, priority, status, timed, "
-            "first_responded, cycles, linked_case_id FROM sla_interactions "
-            "WHERE interaction_id = ?",
-            (interaction_id,),
-        )
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return _InteractionRow(
-            interaction_id=str(row[0]),
-            version=int(row[1]),
-            customer_id=None if row[2] is None else str(row[2]),
-            channel=Channel(row[3]),
-            priority=CasePriority(row[4]),
-            status=InteractionStatus(row[5]),
-            timed=bool(row[6]),
-            first_responded=bool(row[7]),
-            cycles=int(row[8]),
-            linked_case_id=None if row[9] is None else str(row[9]),
-        )
-
-    def _save_interaction(self, cursor: Cursor, row: _InteractionRow, *, insert: bool) -> None:
-        columns = (
-            row.version,
-            row.customer_id,
-            str(row.channel),
-            str(row.priority),
-            str(row.status),
-            int(row.timed),
-            int(row.first_responded),
-            row.cycles,
-            row.linked_case_id,
-            row.interaction_id,
-        )
-        if insert:
-            cursor.execute(
-                "INSERT INTO sla_interactions (version, customer_id, channel, priority, status, "
-                "timed, first_responded, cycles, linked_case_id, interaction_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                columns,
-            )
-        else:
-            cursor.execute(
-                "UPDATE sla_interactions SET version = ?, customer_id = ?, channel = ?, "
-                "priority = ?, status = ?, timed = ?, first_responded = ?, cycles = ?, "
-                "linked_case_id = ? WHERE interaction_id = ?",
-                columns,
-            )
+    # --- clocks -----------------------------------------------------------------------------
 
     def _rewrite_interaction(
-        self, cursor: Cursor, row: _InteractionRow, clocks: Iterable[SlaClock]
+        self, rows: _BatchRows, row: _InteractionRow, clocks: Iterable[SlaClock]
     ) -> int:
         policy = self.policies.policy_for(row.channel, row.priority)
-        return self._rewrite_clocks(cursor, row.interaction_id, policy, clocks)
+        return rows.rewrite(row.interaction_id, policy, clocks)
 
-    def _case_row(self, cursor: Cursor, case_id: str) -> _CaseRow | None:
-        cursor.execute(
-            "SELECT case_id, version, customer_id, channel, priority, status, first_responded, "
-            "cycles FROM sla_cases WHERE case_id = ?",
-            (case_id,),
-        )
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return _CaseRow(
-            case_id=str(row[0]),
-            version=int(row[1]),
-            customer_id=None if row[2] is None else str(row[2]),
-            channel=None if row[3] is None else Channel(row[3]),
-            priority=CasePriority(row[4]),
-            status=CaseStatus(row[5]),
-            first_responded=bool(row[6]),
-            cycles=int(row[7]),
-        )
-
-    def _save_case(self, cursor: Cursor, case: _CaseRow, *, insert: bool) -> None:
-        columns = (
-            case.version,
-            case.customer_id,
-            None if case.channel is None else str(case.channel),
-            str(case.priority),
-            str(case.status),
-            int(case.first_responded),
-            case.cycles,
-        )
-        if insert:
-            cursor.execute(
-                "INSERT INTO sla_cases (version, customer_id, channel, priority, status, "
-                "first_responded, cycles, case_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (*columns, case.case_id),
-            )
-        else:
-            cursor.execute(
-                "UPDATE sla_cases SET version = ?, customer_id = ?, channel = ?, priority = ?, "
-                "status = ?, first_responded = ?, cycles = ? WHERE case_id = ?",
-                (*columns, case.case_id),
-            )
-
-    def _clocks(self, cursor: Cursor, case_id: str) -> list[SlaClock]:
-        cursor.execute(
-            "SELECT clock FROM sla_clocks WHERE case_id = ? ORDER BY metric, cycle", (case_id,)
-        )
-        return [_clock_decoder.decode(bytes(row[0])) for row in cursor.fetchall()]
-
-    def _rewrite(self, cursor: Cursor, case: _CaseRow, clocks: Iterable[SlaClock]) -> int:
+    def _rewrite(self, rows: _BatchRows, case: _CaseRow, clocks: Iterable[SlaClock]) -> int:
         """Stores the clocks with their deadlines under the case's policy (chosen now)."""
         policy = self.policies.policy_for(case.channel, case.priority)
-        return self._rewrite_clocks(cursor, case.case_id, policy, clocks)
+        return rows.rewrite(case.case_id, policy, clocks)
 
-    def _rewrite_clocks(
-        self,
-        cursor: Cursor,
-        subject_id: str,
-        policy: SlaPolicy | None,
-        clocks: Iterable[SlaClock],
-    ) -> int:
-        count = 0
-        for clock in clocks:
-            due_at, at_risk_at, breach_due, at_risk_due, target = self._deadlines(policy, clock)
-            cursor.execute(
-                "INSERT INTO sla_clocks (case_id, metric, cycle, state, clock, policy, target_s, "
-                "due_at, at_risk_at, breach_due, at_risk_due) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (case_id, metric, cycle) DO UPDATE SET state = excluded.state, "
-                "clock = excluded.clock, policy = excluded.policy, target_s = excluded.target_s, "
-                "due_at = excluded.due_at, at_risk_at = excluded.at_risk_at, "
-                "breach_due = excluded.breach_due, at_risk_due = excluded.at_risk_due",
-                (
-                    subject_id,
-                    str(clock.metric),
-                    clock.cycle,
-                    str(clock.state),
-                    _clock_encoder.encode(clock),
-                    None if policy is None or target is None else policy.name,
-                    None if target is None else target.total_seconds(),
-                    due_at,
-                    at_risk_at,
-                    breach_due,
-                    at_risk_due,
-                ),
-            )
-            count += 1
-        return count
-
-    def _deadlines(
-        self, policy: SlaPolicy | None, clock: SlaClock
-    ) -> tuple[int | None, int | None, int | None, int | None, timedelta | None]:
+    def _deadlines(self, policy: SlaPolicy | None, clock: SlaClock) -> _Deadlines:
         """(due, at risk, breach owed from, at-risk owed from, target), times in µs."""
         target = None if policy is None else policy.target(clock.metric)
         if policy is None or target is None:

@@ -976,23 +976,33 @@ def erlang_b(agents: int, traffic: float) -> float:
     return blocking
 
 
-def erlang_c(agents: int, traffic: float) -> float:
-    """P(wait) = C(N, A) = N·B / (N − A·(1 − B)); 1 when N ≤ A (the queue grows for ever)."""
+def erlang_c(agents: int, traffic: float, *, blocking: float | None = None) -> float:
+    """P(wait) = C(N, A) = N·B / (N − A·(1 − B)); 1 when N ≤ A (the queue grows for ever).
+
+    `blocking` is B(N, A) when the caller has it already (see `staffing`)."""
     if traffic <= 0:
         return 0.0
     if agents <= traffic:
         return 1.0
-    blocking = erlang_b(agents, traffic)
+    if blocking is None:
+        blocking = erlang_b(agents, traffic)
     return agents * blocking / (agents - traffic * (1 - blocking))
 
 
-def erlang_service_level(agents: int, traffic: float, handle_s: float, threshold_s: float) -> float:
-    """SL(t) = 1 − C·e^(−(N − A)·t / h)."""
+def erlang_service_level(
+    agents: int,
+    traffic: float,
+    handle_s: float,
+    threshold_s: float,
+    *,
+    blocking: float | None = None,
+) -> float:
+    """SL(t) = 1 − C·e^(−(N − A)·t / h); `blocking` as for `erlang_c`."""
     if traffic <= 0:
         return 1.0
     if agents <= traffic:
         return 0.0
-    waiting = erlang_c(agents, traffic)
+    waiting = erlang_c(agents, traffic, blocking=blocking)
     return 1 - waiting * math.exp(-(agents - traffic) * threshold_s / handle_s)
 
 
@@ -1063,16 +1073,22 @@ def staffing(
     traffic = contacts / interval_s * handle_s
     if not traffic < MAX_AGENTS:  # more agents than traffic are needed: refuse before searching
         raise InvalidValue("contacts", f"needs more than {MAX_AGENTS} agents")
-    agents = 0 if traffic <= 0 else math.floor(traffic) + 1
+    # The search starts at the first N above A and at the occupancy cap, and carries B(N, A)
+    # from one N to the next (B(N+1) = A·B / (N + 1 + A·B)) rather than recomputing it from
+    # B(0) for each: the whole search costs O(N), not O(N²) (seconds of CPU for a large
+    # forecast otherwise).
+    agents = 0 if traffic <= 0 else max(math.floor(traffic) + 1, math.ceil(traffic / max_occupancy))
+    if agents > MAX_AGENTS:  # checked before B(N, A) is computed: that takes N steps
+        raise InvalidValue("contacts", f"needs more than {MAX_AGENTS} agents")
+    blocking = erlang_b(agents, traffic)
     while traffic > 0:
-        meets_level = (
-            erlang_service_level(agents, traffic, handle_s, threshold_s) >= target_fraction
-        )
-        if meets_level and traffic / agents <= max_occupancy:
+        level = erlang_service_level(agents, traffic, handle_s, threshold_s, blocking=blocking)
+        if level >= target_fraction and traffic / agents <= max_occupancy:
             break
         agents += 1
         if agents > MAX_AGENTS:
             raise InvalidValue("contacts", f"needs more than {MAX_AGENTS} agents")
+        blocking = traffic * blocking / (agents + traffic * blocking)
     return StaffingResult(
         contacts=contacts,
         interval_s=interval_s,
@@ -1080,8 +1096,10 @@ def staffing(
         traffic_erlangs=traffic,
         agents=agents,
         scheduled=math.ceil(agents / (1 - shrinkage)) if agents else 0,
-        service_level=erlang_service_level(agents, traffic, handle_s, threshold_s),
-        probability_wait=erlang_c(agents, traffic) if agents else 0.0,
+        service_level=erlang_service_level(
+            agents, traffic, handle_s, threshold_s, blocking=blocking
+        ),
+        probability_wait=erlang_c(agents, traffic, blocking=blocking) if agents else 0.0,
         asa_s=erlang_asa(agents, traffic, handle_s) if agents else 0.0,
         occupancy=traffic / agents if agents else 0.0,
     )

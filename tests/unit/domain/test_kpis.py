@@ -330,6 +330,56 @@ class TestErlangC:
             kpis.erlang_service_level(fewer, plan.traffic_erlangs, handle_s, 20) < fraction
         )
 
+    @given(
+        st.floats(min_value=0.0, max_value=300),
+        st.floats(min_value=30, max_value=900),
+        st.floats(min_value=0.5, max_value=0.99),
+        st.floats(min_value=0.3, max_value=1.0),
+    )
+    def test_the_search_finds_what_trying_every_agent_count_finds(
+        self, traffic: float, handle_s: float, fraction: float, occupancy: float
+    ) -> None:
+        plan = kpis.staffing(
+            contacts=traffic / handle_s * 1800,
+            interval_s=1800,
+            handle_s=handle_s,
+            target_fraction=fraction,
+            threshold_s=20,
+            max_occupancy=occupancy,
+        )
+        agents = 0 if plan.traffic_erlangs <= 0 else 1
+        while plan.traffic_erlangs > 0 and not (
+            kpis.erlang_service_level(agents, plan.traffic_erlangs, handle_s, 20) >= fraction
+            and plan.traffic_erlangs / agents <= occupancy
+        ):
+            agents += 1
+        assert plan.agents == agents
+        assert plan.service_level == pytest.approx(
+            kpis.erlang_service_level(agents, plan.traffic_erlangs, handle_s, 20)
+        )
+
+    def test_a_forecast_near_the_limit_is_planned(self) -> None:
+        # 90,000 Erlangs: the search carries B(N, A) from one N to the next, so this takes
+        # one pass over N rather than one per candidate (a quadratic search took seconds).
+        plan = kpis.staffing(
+            contacts=900_000, interval_s=1800, handle_s=180, target_fraction=0.8, threshold_s=20
+        )
+        assert plan.traffic_erlangs == 90_000.0
+        assert plan.service_level >= 0.8
+        assert kpis.erlang_service_level(plan.agents - 1, 90_000.0, 180, 20) < 0.8
+
+    def test_an_occupancy_cap_needing_too_many_agents_is_refused_before_searching(self) -> None:
+        with pytest.raises(InvalidValue) as refused:
+            kpis.staffing(
+                contacts=100,
+                interval_s=1800,
+                handle_s=180,
+                target_fraction=0.8,
+                threshold_s=20,
+                max_occupancy=1e-9,
+            )
+        assert refused.value.field == "contacts"
+
     def test_the_note_says_abandonment_is_ignored(self) -> None:
         assert "ignores abandonment" in kpis.ERLANG_C_NOTE
 
