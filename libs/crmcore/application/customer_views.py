@@ -17,6 +17,8 @@ one transaction, so replaying an event never applies it twice (ARCHITECTURE.md, 
 Personal data stays crypto-shredded here too: the directory keeps tags only as keyed hashes,
 and an entry's title and summary (free text a customer wrote or said) are sealed with the
 customer's data key, so erasing the customer makes them unreadable in the read models as well.
+A summary made of non-personal facts (for events from the bus, whose texts are blank) is
+sealed the same way, with the counts the next one is made of (messages, transfers, …).
 Titles that only name a channel, reason, score or category (all but a case's subject) are also
 kept in clear, so an erased customer's history still shows what happened, not what was said.
 
@@ -47,7 +49,13 @@ from crmcore.adapters.readmodels import Cursor, ReadModelStore, open_read_model_
 from crmcore.application.audit import INTERACTION_SERVICE, AuditLog, AuditPage, CustomerAudit
 from crmcore.application.customers import CustomerApplication
 from crmcore.application.interactions import InteractionApplication
-from crmcore.application.timeline import CustomerTimeline, TimelineEntry, TimelineKind, _Item
+from crmcore.application.timeline import (
+    CustomerTimeline,
+    InteractionFacts,
+    TimelineEntry,
+    TimelineKind,
+    _Item,
+)
 from crmcore.domain import values
 from crmcore.domain.base import DomainEvent
 from crmcore.domain.case import CaseEvent
@@ -367,6 +375,9 @@ def timeline_event_classes() -> tuple[type[DomainEvent], ...]:
 class _Texts(msgspec.Struct, array_like=True, frozen=True):
     title: str
     summary: str
+    #: What the next summary of an interaction is made of (None: a row written before the
+    #: timeline kept them, or a kind that has none).
+    facts: InteractionFacts | None = None
 
 
 _texts_decoder = msgspec.msgpack.Decoder(_Texts)
@@ -479,12 +490,17 @@ class TimelineProjection:
             if int(row[10]) >= event.originator_version:
                 return False
             customer = None if row[1] is None else UUID(str(row[1]))
-            previous = _Item(customer_id=customer, version=int(row[10]), entry=self._entry(row))
-        entry = _next_entry(previous, event)
-        if entry is None:
+            stored, stored_facts = self._read(row)
+            previous = _Item(
+                customer_id=customer, version=int(row[10]), entry=stored, facts=stored_facts
+            )
+        item = _next_item(previous, event)
+        if item is None:
             return False
+        entry = item.entry
         customer_id = cast(UUID | None, getattr(event, "customer_id", None))
-        sealed, texts = self._texts(item_id, customer_id, entry)
+        facts = item.facts if entry.kind is TimelineKind.INTERACTION else None
+        sealed, texts = self._texts(item_id, customer_id, entry, facts)
         cursor.execute(
             "INSERT INTO customer_timeline (item_id, customer_id, version, kind, status, channel,"
             " occurred_at, updated_at, public_title, sealed, texts)"
@@ -511,11 +527,16 @@ class TimelineProjection:
         return True
 
     def _texts(
-        self, item_id: str, customer_id: UUID | None, entry: TimelineEntry
+        self,
+        item_id: str,
+        customer_id: UUID | None,
+        entry: TimelineEntry,
+        facts: InteractionFacts | None,
     ) -> tuple[bool, bytes]:
-        """Title and summary as stored: sealed with the customer's key; blank when that key
-        was destroyed (an erased customer); in clear only while no customer is known."""
-        plain = _token_encoder.encode(_Texts(title=entry.title, summary=entry.summary))
+        """Title and summary (with the facts the next summary is made of) as stored: sealed
+        with the customer's key; blank when that key was destroyed (an erased customer); in
+        clear only while no customer is known."""
+        plain = _token_encoder.encode(_Texts(title=entry.title, summary=entry.summary, facts=facts))
         if customer_id is None:
             return False, plain
         try:
@@ -528,6 +549,10 @@ class TimelineProjection:
         return True, sealed
 
     def _entry(self, row: Sequence[Any]) -> TimelineEntry:
+        return self._read(row)[0]
+
+    def _read(self, row: Sequence[Any]) -> tuple[TimelineEntry, InteractionFacts]:
+        """The entry of a row, and the facts its next summary is made of."""
         item_id, customer_id, kind, status, channel, occurred, updated, sealed, texts = row[:9]
         public_title = str(row[9])
         raw = bytes(texts)
@@ -538,7 +563,11 @@ class TimelineProjection:
             decoded = _Texts(public_title, "") if opened is None else _texts_decoder.decode(opened)
         else:
             decoded = _texts_decoder.decode(raw)
-        return TimelineEntry(
+        facts = decoded.facts
+        if facts is None:
+            # Written before the facts were kept: a summary there was a text, to keep.
+            facts = InteractionFacts(shows_text=bool(decoded.summary))
+        entry = TimelineEntry(
             kind=TimelineKind(kind),
             id=UUID(str(item_id)),
             title=decoded.title,
@@ -548,20 +577,21 @@ class TimelineProjection:
             occurred_at=_moment(int(occurred)),
             updated_at=_moment(int(updated)),
         )
+        return entry, facts
 
 
 def _texts_associated(item_id: str, customer_id: str) -> bytes:
     return f"timeline:{item_id}:{customer_id}".encode()
 
 
-def _next_entry(previous: _Item | None, event: DomainEvent) -> TimelineEntry | None:
-    """The entry after `event`, by the rules of the in-memory timeline (one source of truth):
+def _next_item(previous: _Item | None, event: DomainEvent) -> _Item | None:
+    """The item after `event`, by the rules of the in-memory timeline (one source of truth):
     a scratch `CustomerTimeline` holding only this item applies the event."""
     scratch = CustomerTimeline()
     if previous is not None:
         scratch._items[event.originator_id] = previous
     scratch.apply(1, event)
-    return scratch.entry(event.originator_id)
+    return scratch._items.get(event.originator_id)
 
 
 def _subclasses(cls: type[Any]) -> Iterator[type[Any]]:

@@ -135,8 +135,9 @@ class TestErasure:
             )
 
             # The interaction service (here: its application and relay) tells the bus about a
-            # call in which Taro said something personal; the timeline shows the call, and the
-            # words never reach this service (the interaction service publishes them blank).
+            # call in which Taro said something personal; the timeline shows the call and what
+            # happened in it, and the words never reach this service (the interaction service
+            # publishes them blank).
             interactions = InteractionApplication()
             interaction_relay = OutboxRelay(interactions, bus_settings, source="interaction")
             relaying = asyncio.create_task(interaction_relay.run())
@@ -151,7 +152,7 @@ class TestErasure:
                         pb.GetCustomerViewRequest(customer_id=taro.id)
                     )
                     return [(entry.title, entry.summary) for entry in view.timeline] == [
-                        ("phone (inbound): billing", "")
+                        ("phone (inbound): billing", "opened · 1 message, last: customer")
                     ]
 
                 await eventually(the_call_is_on_the_timeline)

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 from uuid import UUID
 
+import msgspec
 import pytest
 
 from crmcore.adapters.readmodels import open_read_model_store
@@ -62,6 +64,12 @@ def views(customers: CustomerApplication) -> Iterator[CustomerViews]:
 def names(views: CustomerViews, lifecycle: str = "", segment: str = "", tag: str = "") -> list[str]:
     page = views.list_customers(lifecycle=lifecycle, segment=segment, tag=tag)
     return [customer.name for customer in page.customers]
+
+
+def redacted(event: DomainEvent) -> DomainEvent:
+    """The event as the bus carries it (personal texts blanked)."""
+    redact = getattr(event, "redacted", None)
+    return cast(DomainEvent, redact()) if redact is not None else event
 
 
 def interaction_events(interactions: InteractionApplication) -> list[DomainEvent]:
@@ -281,6 +289,84 @@ class TestTimeline:
             ("", ""),
             ("phone (inbound): billing", ""),
         ]
+
+    def test_events_from_the_bus_are_summed_up_without_their_texts(
+        self, customers: CustomerApplication, views: CustomerViews
+    ) -> None:
+        """The service gets the interaction events over the bus, personal texts blanked: the
+        summaries tell what happened, counted across events, and die with the customer's key
+        like any summary."""
+        taro = customers.register(name="Taro")
+        interactions = InteractionApplication()
+        chat = interactions.open_interaction(
+            channel="chat", customer_id=taro.id, contact_reason="delivery", at=later(0)
+        )
+        interactions.queue(chat.id, queue="web", at=later(1))
+        interactions.add_message(
+            chat.id, author_kind="customer", text="my flat in Setagaya", at=later(2)
+        )
+        interactions.answer(chat.id, UUID(int=7), at=later(3))
+        interactions.add_message(
+            chat.id, author_kind="agent", author_id=UUID(int=7), text="Setagaya, noted", at=later(4)
+        )
+        interactions.resolve(chat.id, resolution="sent to Setagaya", at=later(5))
+        interactions.capture_feedback(
+            text="Setagaya courier was rude",
+            source="complaint",
+            customer_id=taro.id,
+            category="complaint",
+            sentiment="negative",
+            sentiment_score=-0.5,
+            topics=["courier"],
+            at=later(10),
+        )
+        for event in interaction_events(interactions):  # one transaction each
+            views.timeline.apply(redacted(event))
+
+        feedback, call = views.customer_view(taro.id).timeline
+        assert (call.title, call.summary) == (
+            "chat (inbound): delivery",
+            "resolved · 2 messages, last: agent · queue web",
+        )
+        assert (feedback.title, feedback.summary) == (
+            "complaint (negative)",
+            "negative sentiment -0.50 · topics: courier · source: complaint",
+        )
+        stored = views.store.query("SELECT texts, public_title FROM customer_timeline")
+        assert b"Setagaya" not in b"".join(bytes(row[0]) for row in stored)
+        assert b"2 messages" not in b"".join(bytes(row[0]) for row in stored)  # sealed
+
+        customers.erase(taro.id)
+        interactions.reopen(chat.id, reason="not in Setagaya", at=later(20))
+        views.timeline.apply(redacted(interaction_events(interactions)[-1]))
+        assert [
+            (entry.title, entry.summary) for entry in views.customer_view(taro.id).timeline
+        ] == [
+            ("complaint (negative)", ""),
+            ("chat (inbound): delivery", ""),
+        ]
+
+    def test_a_text_stored_before_the_summaries_counted_stays(
+        self, customers: CustomerApplication, views: CustomerViews
+    ) -> None:
+        """A row written before the timeline kept its facts beside the texts: its summary was
+        a text, and an event without one keeps it."""
+        interactions = InteractionApplication()
+        call = interactions.open_interaction(channel="phone", at=later(0))  # no customer yet
+        interactions.add_message(call.id, author_kind="customer", text="hello", at=later(1))
+        interactions.queue(call.id, queue="billing", at=later(2))
+        opened, added, queued = interaction_events(interactions)
+        views.timeline.apply(opened)
+        views.timeline.apply(added)
+        with views.store.transaction() as cursor:  # the texts as they were stored before
+            cursor.execute(
+                "UPDATE customer_timeline SET texts = ? WHERE item_id = ?",
+                (msgspec.msgpack.encode(["phone (inbound)", "hello"]), str(call.id)),
+            )
+        views.timeline.apply(redacted(queued))
+        entry = views.timeline.entry(call.id)
+        assert entry is not None
+        assert (entry.summary, entry.status) == ("hello", "queued")
 
     def test_the_timeline_position_survives_a_restart(
         self, durable_persistence: PersistenceSettings

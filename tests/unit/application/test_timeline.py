@@ -230,3 +230,169 @@ class TestIdempotency:
         replayed.catch_up(app)
         assert replayed.entries(TARO) == once.entries(TARO)
         app.close()
+
+
+def as_on_the_bus(app: InteractionApplication) -> list[tuple[int, DomainEvent]]:
+    """The stored events as the interaction service publishes them: personal texts blanked."""
+    events = []
+    for position, event in stored_events(app):
+        redacted = getattr(event, "redacted", None)
+        events.append((position, redacted() if redacted is not None else event))
+    return events
+
+
+def fed_from_the_bus(app: InteractionApplication) -> CustomerTimeline:
+    timeline = CustomerTimeline()
+    for position, event in as_on_the_bus(app):
+        timeline.apply(position, event)
+    return timeline
+
+
+class TestSummariesWithoutText:
+    """Over the bus the events carry no personal text: the summary tells what happened from
+    the facts they do carry, and never a word anyone wrote."""
+
+    PERSONAL = ("Where is my parcel", "Checking", "rude customer", "courier lost it", "Sorry")
+
+    def assert_nothing_personal(self, timeline: CustomerTimeline) -> None:
+        for entry in timeline.entries(TARO):
+            for words in self.PERSONAL:
+                assert words not in f"{entry.title} {entry.summary}", entry
+
+    def test_an_interaction_tells_its_messages_status_and_handling(
+        self, app: InteractionApplication
+    ) -> None:
+        chat = app.open_interaction(
+            channel="chat", customer_id=TARO, contact_reason="delivery", at=at(0)
+        )
+        assert fed_from_the_bus(app).entries(TARO)[0].summary == "opened"
+        app.queue(chat.id, queue="web", at=at(1))
+        app.add_message(chat.id, author_kind="customer", text="Where is my parcel?", at=at(2))
+        timeline = fed_from_the_bus(app)
+        assert timeline.entries(TARO)[0].summary == (
+            "waiting · 1 message, last: customer · queue web"
+        )
+
+        app.answer(chat.id, ALICE, at=at(3))
+        app.add_message(chat.id, author_kind="agent", author_id=ALICE, text="Checking", at=at(4))
+        app.add_message(
+            chat.id,
+            author_kind="agent",
+            author_id=ALICE,
+            text="rude customer",
+            public=False,
+            at=at(5),
+        )
+        app.hold(chat.id, at=at(6))
+        timeline = fed_from_the_bus(app)
+        assert timeline.entries(TARO)[0].summary == (
+            "on hold · 3 messages, last: agent (internal note) · queue web · held once"
+        )
+
+        app.resume(chat.id, at=at(7))
+        app.escalate(chat.id, reason="courier lost it", tier=2, department="logistics", at=at(8))
+        app.transfer(chat.id, reason="courier lost it", to_queue="claims", at=at(9))
+        app.answer(chat.id, HANAKO, at=at(10))
+        app.add_message(chat.id, author_kind="agent", author_id=HANAKO, text="Sorry", at=at(11))
+        app.resolve(chat.id, resolution="courier lost it, refunded", at=at(12))
+        timeline = fed_from_the_bus(app)
+        (entry,) = timeline.entries(TARO)
+        assert entry.summary == (
+            "resolved · 4 messages, last: agent · queue claims · escalated to tier 2, logistics"
+            " · transferred once · held once"
+        )
+        assert (entry.title, entry.status) == ("chat (inbound): delivery", "resolved")
+        self.assert_nothing_personal(timeline)
+
+        app.reopen(chat.id, reason="courier lost it again", at=at(20))
+        app.add_message(
+            chat.id, author_kind="system", text="rude customer", public=False, at=at(21)
+        )
+        # Too long for one line: cut, the most telling facts first.
+        assert fed_from_the_bus(app).entries(TARO)[0].summary == (
+            "waiting · 5 messages, last: system (internal note) · queue claims"
+            " · escalated to tier 2, logistics · transferred once · reopened once · hel…"
+        )
+
+    def test_a_bot_conversation_resolved_by_the_bot(self, app: InteractionApplication) -> None:
+        chat = app.open_interaction(channel="chat", customer_id=TARO, handled_by_bot=True)
+        app.add_message(chat.id, author_kind="customer", text="Where is my parcel?")
+        app.add_message(chat.id, author_kind="bot", text="It arrives today")
+        app.bot_contain(chat.id, resolution="Sorry, told the date")
+        (entry,) = fed_from_the_bus(app).entries(TARO)
+        assert entry.summary == "resolved by the bot · 2 messages, last: bot"
+
+    def test_feedback_tells_its_classification(self, app: InteractionApplication) -> None:
+        feedback = app.capture_feedback(
+            text="The courier lost it, rude customer service",
+            source="complaint",
+            customer_id=TARO,
+            category="complaint",
+            sentiment="negative",
+            sentiment_score=-0.6,
+            topics=["delivery", "courier"],
+            set_by="agent",
+            at=at(0),
+        )
+        timeline = fed_from_the_bus(app)
+        (entry,) = timeline.entries(TARO)
+        assert (entry.title, entry.summary) == (
+            "complaint (negative)",
+            "negative sentiment -0.60 · topics: delivery, courier · source: complaint",
+        )
+        app.classify_feedback(feedback.id, set_by="agent", sentiment="neutral", topics=["parcel"])
+        timeline = fed_from_the_bus(app)
+        (entry,) = timeline.entries(TARO)
+        assert (entry.title, entry.summary, entry.status) == (
+            "complaint (neutral)",
+            "neutral sentiment · topics: parcel · source: complaint",
+            "classified",
+        )
+        self.assert_nothing_personal(timeline)
+
+    def test_a_survey_tells_its_kind_and_score(self, app: InteractionApplication) -> None:
+        app.record_survey_response(
+            survey_id="nps-1", kind="nps", score=3, comment="courier lost it", customer_id=TARO
+        )
+        (entry,) = fed_from_the_bus(app).entries(TARO)
+        assert (entry.title, entry.summary) == ("NPS 3", "NPS score 3 (scale 0–10)")
+
+    def test_a_case_is_named_by_its_priority(self, app: InteractionApplication) -> None:
+        app.open_case(subject="courier lost it", customer_id=TARO, reason="delivery")
+        (entry,) = fed_from_the_bus(app).entries(TARO)
+        assert (entry.title, entry.summary) == ("normal priority case", "delivery")
+
+
+class TestSummariesWithText:
+    """Read from the interaction application the texts are there: they stay the summary."""
+
+    def test_a_text_stays_the_summary_until_another_replaces_it(
+        self, app: InteractionApplication
+    ) -> None:
+        chat = app.open_interaction(channel="chat", customer_id=TARO, at=at(0))
+        app.queue(chat.id, queue="web", at=at(1))
+        timeline = CustomerTimeline()
+        timeline.catch_up(app)
+        assert timeline.entries(TARO)[0].summary == "waiting · queue web"
+
+        app.add_message(chat.id, author_kind="customer", text="Where is my parcel?", at=at(2))
+        app.answer(chat.id, ALICE, at=at(3))
+        app.hold(chat.id, at=at(4))
+        timeline.catch_up(app)
+        assert timeline.entries(TARO)[0].summary == "Where is my parcel?"
+        app.resume(chat.id, at=at(5))
+        app.resolve(chat.id, at=at(6))  # without a resolution: the message stays
+        timeline.catch_up(app)
+        assert timeline.entries(TARO)[0].summary == "Where is my parcel?"
+
+    def test_feedback_and_surveys_show_their_words(self, app: InteractionApplication) -> None:
+        feedback = app.capture_feedback(text="Courier was rude", customer_id=TARO, at=at(0))
+        app.classify_feedback(feedback.id, set_by="agent", category="complaint")
+        app.record_survey_response(
+            survey_id="ces-1", kind="ces", score=2, customer_id=TARO, at=at(1)
+        )
+        timeline = CustomerTimeline()
+        timeline.catch_up(app)
+        survey, classified = timeline.entries(TARO)
+        assert classified.summary == "Courier was rude"
+        assert survey.summary == "CES score 2 (scale 1–7)"  # answered without a comment
