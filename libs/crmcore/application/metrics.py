@@ -1965,6 +1965,9 @@ def _transferred(batch: _Batch, event: Transferred) -> None:
         segment.end_ms = _ms(event.timestamp)
         segment.transferred = True
     fact.waiting_since_ms = _ms(event.waiting_since)
+    # A transfer may route it at another priority: the SLA scheduler then chooses the policy
+    # again (`sla_scheduler`), so the policy its clocks count under changes here too.
+    fact.routing_priority = event.requirements.priority
 
 
 def _escalated(batch: _Batch, event: Escalated) -> None:

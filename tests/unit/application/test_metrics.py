@@ -1756,6 +1756,39 @@ class TestLiveEqualsBatch:
             )
             assert rows == expected, batches
 
+    def test_a_transfer_at_another_priority_moves_the_clocks_to_its_policy(self) -> None:
+        """A chat queued at routing priority 0, answered, and transferred at 9 before the first
+        agent reply (a chat's first response): its clocks count under the policy of priority
+        9 (the urgent one), as the SLA scheduler times them after the transfer."""
+        history = History()
+        agent = history.agents[UUID(int=1)]
+        chat_id = history.new_id()
+        history._record(Interaction.open(interaction_id=chat_id, channel="chat", at=history.now))
+        history._record(history.interactions[chat_id].enqueue(queue="billing", at=history.now))
+        history._record(history.interactions[chat_id].offer(agent.id, at=at(5)))
+        history._record(history.interactions[chat_id].answer(agent.id, at=at(5)))
+        history._record(
+            history.interactions[chat_id].transfer(
+                reason="needs a specialist",
+                to_queue="escalations",
+                requirements=RoutingRequirements(priority=9),
+                at=at(10),
+            )
+        )
+        history._record(history.interactions[chat_id].offer(agent.id, at=at(20)))
+        history._record(history.interactions[chat_id].answer(agent.id, at=at(20)))
+        history._record(
+            history.interactions[chat_id].add_message(
+                author_kind="agent", author_id=agent.id, text="hello", at=at(30)
+            )
+        )
+        for batches in (None, 1):
+            projection = self.fed(history.events, batches=batches)
+            priorities = projection.store.query(
+                "SELECT routing_priority FROM metrics_interactions WHERE id = ?", (str(chat_id),)
+            )
+            assert priorities == [(9,)], batches  # the urgent policy's, as the scheduler's
+
     def test_an_sla_event_ahead_of_the_cases_own_clock_is_one_clock(self) -> None:
         """Regression: a case's next-response breach (cycle 1) delivered before the customer
         message that starts that wait became a clock of its own, and the wait a second clock
