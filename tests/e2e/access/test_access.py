@@ -326,6 +326,62 @@ class TestRevocation:
         assert refusal(lambda: invoke(channel, list_queues))[0] == (grpc.StatusCode.UNAUTHENTICATED)
 
 
+class TestRefusedBearers:
+    """A refused bearer is remembered like an accepted one: repeating it reads no store."""
+
+    @staticmethod
+    def counting_store_reads(stack: Stack) -> list[str]:
+        """The bearers the customer service's access check looks up in the store (the real
+        lookup still runs)."""
+        app = stack.services["customer"].access.app
+        looked_up: list[str] = []
+        verify = app.verify
+
+        def counted(bearer: str, **kwargs: Any) -> Any:
+            looked_up.append(bearer)
+            return verify(bearer, **kwargs)
+
+        app.verify = counted
+        return looked_up
+
+    def test_repeating_an_unknown_bearer_reads_the_store_once_per_cache_time(
+        self, stack: Stack, channel_to: Opener
+    ) -> None:
+        looked_up = self.counting_store_reads(stack)
+        bogus = new_bearer()
+        channel = channel_to("customer", bogus)
+        for _ in range(5):
+            code, _ = refusal(lambda: invoke(channel, _rpc(LIST_CUSTOMERS)))
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+        assert looked_up == [bogus]
+
+    def test_a_wrong_secret_does_not_lock_out_the_tokens_holder(
+        self, stack: Stack, channel_to: Opener
+    ) -> None:
+        issued = issue_token(stack.persistence, "customers:read", name="desk")
+        forged = f"crm_{parse_bearer(issued.bearer).token_id.hex}_{'x' * 43}"
+        code, _ = refusal(lambda: invoke(channel_to("customer", forged), _rpc(LIST_CUSTOMERS)))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        invoke(channel_to("customer", issued.bearer), _rpc(LIST_CUSTOMERS))
+
+    def test_a_bearer_registered_elsewhere_after_a_refusal_works_within_the_cache_time(
+        self, stack: Stack, channel_to: Opener
+    ) -> None:
+        bearer = new_bearer()
+        channel = channel_to("customer", bearer)
+        code, _ = refusal(lambda: invoke(channel, _rpc(LIST_CUSTOMERS)))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        other_process = AccessApplication(stack.persistence)
+        try:
+            assert other_process.register_bearer(bearer, "late", ["customers:read"])
+        finally:
+            other_process.close()
+        deadline = time.monotonic() + CACHE_S + 20  # generous for a loaded machine
+        while not answered_by_the_service(lambda: invoke(channel, _rpc(LIST_CUSTOMERS))):
+            assert time.monotonic() < deadline, "the registered bearer is still refused"
+            time.sleep(0.1)
+
+
 class TestThePrincipal:
     """A bare server with the access interceptor and handlers reporting who is calling."""
 

@@ -14,7 +14,11 @@ standard health service and reflection stay open, so probes and grpcurl work wit
 
 A successful check is remembered for `AccessSettings.cache_s` seconds, so a call costs a
 digest and a dictionary lookup rather than a store read; a revocation in another process takes
-effect within that time, one in this process at once. While the handler runs,
+effect within that time, one in this process at once. A refused bearer is remembered as long
+(by a digest of the whole bearer, so a wrong secret sent with a real token's id never locks out
+that token's holder): a client retrying a revoked or mistyped token, or a flood repeating a
+bogus one, costs no store reads; a bearer registered meanwhile in another process works once
+that time is over. While the handler runs,
 `crmcore.application.principal.current_principal` is the caller (the audit trail reads it).
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -182,6 +187,10 @@ METHOD_SCOPES: dict[str, str] = {
 }
 
 
+#: Refused bearers remembered at most (memory stays bounded under a flood of bogus ones).
+MAX_REMEMBERED_REFUSALS = 10_000
+
+
 def bearer_of(metadata: Any) -> str:
     """The bearer in `authorization: Bearer <bearer>` metadata, or Unauthenticated."""
     for key, value in metadata or ():
@@ -264,6 +273,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._method_scopes = dict(method_scopes)
         self._clock = clock
         self._checked: dict[UUID, _Checked] = {}
+        #: Digests of refused bearers → when to ask the store again.
+        self._refused: dict[bytes, float] = {}
         self._limiter = RateLimiter(clock)
         # Issued or revoked here: forget every remembered check at once.
         app.add_record_listener(self.forget)
@@ -271,6 +282,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def forget(self) -> None:
         """Drops every remembered authentication: the next call of each token reads the store."""
         self._checked = {}
+        self._refused = {}
 
     async def intercept_service(
         self,
@@ -301,7 +313,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         now = self._clock()
         checked = self._checked.get(bearer.token_id)
         if checked is None or checked.until <= now:
-            checked = await self._check(str(bearer), now)
+            checked = await self._check_unless_refused(str(bearer), now)
         elif not (checked.token.proves(bearer.secret) and checked.token.live_at(datetime.now(UTC))):
             raise Unauthenticated("unknown, revoked or expired token")
         principal = checked.principal
@@ -323,6 +335,20 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 f"token {principal.name!r} lacks scope {scope!r}, which {method} needs",
             )
         return principal
+
+    async def _check_unless_refused(self, bearer: str, now: float) -> _Checked:
+        digest = hashlib.sha256(bearer.encode()).digest()
+        again_at = self._refused.get(digest)
+        if again_at is not None and now < again_at:
+            raise Unauthenticated("unknown, revoked or expired token")
+        try:
+            return await self._check(bearer, now)
+        except Unauthenticated:
+            if self._settings.cache_s > 0:
+                if len(self._refused) >= MAX_REMEMBERED_REFUSALS:
+                    self._refused = {}  # a flood of distinct bearers: start again
+                self._refused[digest] = now + self._settings.cache_s
+            raise
 
     async def _check(self, bearer: str, now: float) -> _Checked:
         loop = asyncio.get_running_loop()
