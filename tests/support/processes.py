@@ -280,12 +280,12 @@ class ProcessStack:
         return self.services[name].address
 
     def start(self, within_s: float = STARTUP_S) -> None:
-        # One after the other: the read models' tables are created under a lock, but the
-        # event store's (the token store `access`, which every service opens) are created by
-        # the eventsourcing library without one, so services starting together on a fresh
-        # database could still race there (CREATE … IF NOT EXISTS is not safe against that).
+        # All at once, as Kubernetes starts them: tables (the event store's and the read
+        # models') are created one process at a time under advisory locks, so services
+        # starting together on a fresh database do not race.
         for service in self.services.values():
             service.start()
+        for service in self.services.values():
             service.wait_until_serving(within_s)
 
     def kill_and_restart(self, name: ServiceName, within_s: float = STARTUP_S) -> None:

@@ -14,18 +14,29 @@ and adds them to the parameters of every pooled connection. With TLS configured,
 makes one connection at once so that a wrong CA or an untrusted server fails at start with
 libpq's own words ("certificate verify failed"), not later as a pool timeout. The read models
 (`crmcore.adapters.readmodels`) connect with the same parameters (`tls_parameters`).
+
+Its recorders create their tables one process at a time (`TablesCreatedOneAtATime`), so that
+services and replicas started together on a fresh database do not fail on each other's DDL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError
-from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresProcessRecorder,
+    PostgresRecorder,
+    PostgresTrackingRecorder,
+)
 from eventsourcing.postgres import PostgresFactory as LibraryPostgresFactory
 from eventsourcing.utils import Environment
 from psycopg.conninfo import conninfo_to_dict
@@ -101,14 +112,62 @@ def _retried_within_connect_timeout(method: F) -> F:
     return retried  # type: ignore[return-value]
 
 
-class BoundedRetryAggregateRecorder(PostgresAggregateRecorder):
+#: PostgreSQL advisory lock serialising the creation of event-store tables (see
+#: `TablesCreatedOneAtATime`).
+_TABLE_CREATION_LOCK = 0x63726D5F657673  # "crm_evs"
+
+
+@contextlib.contextmanager
+def table_creation_lock(datastore: PostgresDatastore) -> Iterator[None]:
+    """Holds the table-creation lock of `datastore`'s database, on a connection of its own:
+    the library's `create_table` takes connections from the pool, which may have room for only
+    one. Closing the connection releases the lock, whatever happened meanwhile. A server that
+    cannot be reached (or is lost while waiting) raises `OperationalError`, as the library's
+    own calls do."""
+    pool = datastore.pool
+    assert isinstance(pool.kwargs, dict)
+    parameters = {key: value for key, value in pool.kwargs.items() if key != "row_factory"}
+    if pool.get_password_func is not None:
+        parameters["password"] = pool.get_password_func()
+    conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
+    try:
+        connection = psycopg.connect(
+            conninfo, autocommit=True, connect_timeout=max(1, round(pool.timeout)), **parameters
+        )
+    except psycopg.OperationalError as error:
+        raise OperationalError(f"cannot take the table-creation lock: {error}") from error
+    with connection:
+        try:
+            connection.execute("SELECT pg_advisory_lock(%s)", (_TABLE_CREATION_LOCK,))
+        except psycopg.OperationalError as error:
+            raise OperationalError(f"cannot take the table-creation lock: {error}") from error
+        yield
+
+
+class TablesCreatedOneAtATime(PostgresRecorder):
+    """A recorder whose `create_table` waits for any other process creating tables in the same
+    database. The library's `CREATE … IF NOT EXISTS` is not safe against the same statement in
+    another session (both find the type or table missing, the later one then fails on a unique
+    index of the catalog: "duplicate key value violates unique constraint
+    pg_type_typname_nsp_index"; `CREATE OR REPLACE FUNCTION` fails with "tuple concurrently
+    updated"), which every pod of a deployment started on a fresh database would meet. The
+    library creates composite types each in a transaction of their own, so a lock held across
+    its whole `create_table` (a session lock), not a transaction-scoped one, serialises it; the
+    process that waited then finds everything there."""
+
+    def create_table(self) -> None:
+        with table_creation_lock(self.datastore):
+            super().create_table()
+
+
+class BoundedRetryAggregateRecorder(TablesCreatedOneAtATime, PostgresAggregateRecorder):
     """The library's aggregate recorder, retrying a lost connection within a time budget."""
 
     insert_events = _retried_within_connect_timeout(PostgresAggregateRecorder.insert_events)
     select_events = _retried_within_connect_timeout(PostgresAggregateRecorder.select_events)
 
 
-class BoundedRetryApplicationRecorder(PostgresApplicationRecorder):
+class BoundedRetryApplicationRecorder(TablesCreatedOneAtATime, PostgresApplicationRecorder):
     """The library's application recorder, retrying a lost connection within a time budget."""
 
     insert_events = _retried_within_connect_timeout(PostgresApplicationRecorder.insert_events)
@@ -121,12 +180,25 @@ class BoundedRetryApplicationRecorder(PostgresApplicationRecorder):
     )
 
 
+class OneAtATimeTrackingRecorder(TablesCreatedOneAtATime, PostgresTrackingRecorder):
+    """The library's tracking recorder (the outbox relays' positions), creating its table one
+    process at a time: its first creation also records a migration row, which two processes
+    creating it together would both insert."""
+
+
+class OneAtATimeProcessRecorder(TablesCreatedOneAtATime, PostgresProcessRecorder):
+    """The library's process recorder, creating its tables one process at a time."""
+
+
 class TlsPostgresFactory(LibraryPostgresFactory):
-    """The library's PostgreSQL factory, connecting with the configured TLS parameters, and
-    with recorders whose calls give up on a server that is down within the connect timeout."""
+    """The library's PostgreSQL factory, connecting with the configured TLS parameters, with
+    recorders whose calls give up on a server that is down within the connect timeout, and
+    whose tables are created one process at a time."""
 
     aggregate_recorder_class = BoundedRetryAggregateRecorder
     application_recorder_class = BoundedRetryApplicationRecorder
+    tracking_recorder_class = OneAtATimeTrackingRecorder
+    process_recorder_class = OneAtATimeProcessRecorder
 
     def __init__(self, env: Environment | dict[str, str] | None):
         super().__init__(env)
