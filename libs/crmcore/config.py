@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -545,11 +546,56 @@ def _nats_security(env: Mapping[str, str]) -> dict[str, str | None]:
     ]
     if len(kinds) > 1:
         raise ConfigurationError(f"set one kind of NATS credentials, not {' and '.join(kinds)}")
-    for key in ("NATS_CREDS_FILE", "NATS_NKEY_SEED_FILE"):
-        _read_file(env, key)
+    _check_creds_file(env, "NATS_CREDS_FILE")
+    _check_seed_file(env, "NATS_NKEY_SEED_FILE")
     _certificates(env, "NATS_TLS_CA_FILE")
     _key_pair(env, "NATS_TLS_CERT_FILE", "NATS_TLS_KEY_FILE")
     return {key.removeprefix("NATS_").lower(): value for key, value in values.items()}
+
+
+#: A user JWT (three base64url parts) and a user NKey seed (base32, `SU` + 56 characters).
+_USER_JWT = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_USER_SEED = re.compile(rb"SU[A-Z2-7]{56}")
+
+
+def _check_creds_file(environ: Mapping[str, str], key: str) -> None:
+    """The `.creds` file `key` names holds a user JWT and seed where nats-py looks for them.
+
+    nats-py takes the line after the first line naming each (`-----BEGIN NATS USER JWT-----`,
+    `-----BEGIN USER NKEY SEED-----`), minus its last character, and checks nothing: without
+    the JWT it loops forever (the event loop with it), without the seed it raises a TypeError,
+    not a NATS error. So both are checked here, at startup."""
+    data = _read_file(environ, key)
+    if data is None:
+        return
+    lines = data.split(b"\n")
+
+    def line_after(marker: bytes) -> bytes:
+        # Only a line ending in "\n" is read whole: stop two before the end of the split.
+        for index, line in enumerate(lines[:-2]):
+            if marker in line:
+                return lines[index + 1]
+        return b""
+
+    for what, marker, pattern in (
+        ("user JWT", b"BEGIN NATS USER JWT", _USER_JWT),
+        ("user seed", b"BEGIN USER NKEY SEED", _USER_SEED),
+    ):
+        if not pattern.fullmatch(line_after(marker)):
+            raise ConfigurationError(
+                f"{key}={environ[key].strip()!r}: not a NATS credentials file: no {what} on "
+                f"the line after -----{marker.decode()}----- (as `nsc` writes them, with Unix "
+                "line ends)"
+            )
+
+
+def _check_seed_file(environ: Mapping[str, str], key: str) -> None:
+    """The file `key` names holds a user NKey seed (nats-py raises a bare nkeys error else)."""
+    data = _read_file(environ, key)
+    if data is not None and not _USER_SEED.fullmatch(data.strip()):
+        raise ConfigurationError(
+            f"{key}={environ[key].strip()!r}: not an NKey user seed (`SU…`, 58 characters)"
+        )
 
 
 def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
