@@ -587,7 +587,8 @@ class TestEachServiceIsWiredConsistently:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("service", list(SERVICES))
 class TestTransportSecurity:
-    """gRPC over TLS, PostgreSQL verify-full, NATS credentials, a cipher key per service."""
+    """gRPC over TLS, PostgreSQL verify-full, NATS over TLS with credentials, a cipher key per
+    service."""
 
     @staticmethod
     def pod_and_config(overlay: str, service: str) -> tuple[Manifest, Manifest, dict[str, str]]:
@@ -634,6 +635,32 @@ class TestTransportSecurity:
         # The operator's CA Secret holds the CA's private key too: only ca.crt is mounted.
         assert [item["key"] for item in secret["items"]] == ["ca.crt"]
 
+    def test_nats_is_tls_only_and_verified_against_the_releases_ca(
+        self, overlay: str, service: str
+    ) -> None:
+        pod, container, config = self.pod_and_config(overlay, service)
+        # tls:// and the CA turn TLS on in the client; the release requires it of every client.
+        scheme, _, address = config["NATS_URL"].partition("://")
+        assert scheme == "tls"
+        host = address.rsplit(":", 1)[0]
+        trusted_secret, _ = self.mounted_secret(pod, container, config["NATS_TLS_CA_FILE"])
+        assert config["NATS_TLS_CA_FILE"].endswith("/ca.crt")
+        certificates = {
+            certificate["spec"]["secretName"]: certificate["spec"]
+            for certificate in objects(overlay, "Certificate").values()
+        }
+        tls = nats_values(NATS_VALUES[overlay])["config"]["nats"]["tls"]
+        assert tls["enabled"] is True
+        # `ca` would make the server demand client certificates, which the services do not send.
+        assert "ca" not in tls
+        served = certificates[tls["secretName"]]
+        # The CA the services trust is the one that signs the release's certificate.
+        assert served["issuerRef"] == certificates[trusted_secret]["issuerRef"]
+        assert "server auth" in served["usages"]
+        (namespace,) = objects(overlay, "Namespace")
+        for name in (host, f"{host}.{namespace}.svc", f"{host}.{namespace}.svc.cluster.local"):
+            assert name in served["dnsNames"], name
+
     def test_nats_credentials_and_the_cipher_key_come_from_secrets(
         self, overlay: str, service: str
     ) -> None:
@@ -649,7 +676,7 @@ class TestTransportSecurity:
     def test_the_nats_release_requires_the_same_credentials(
         self, overlay: str, service: str
     ) -> None:
-        values = nats_values("values.yaml" if overlay == "prod" else "values-dev.yaml")
+        values = nats_values(NATS_VALUES[overlay])
         authorization = values["config"]["merge"]["authorization"]
         assert authorization == {
             "user": "<< $NATS_USER >>",
@@ -873,6 +900,10 @@ NATS_CHART_KEYS = frozenset(
 )
 
 
+#: The NATS release's values file for each overlay's namespace.
+NATS_VALUES = {"prod": "values.yaml", "dev": "values-dev.yaml"}
+
+
 def nats_values(name: str) -> Manifest:
     values: Manifest = yaml.safe_load((K8S / "nats" / name).read_text())
     return values
@@ -892,13 +923,31 @@ class TestNatsValues:
         assert QUANTITY.match(jetstream["fileStore"]["pvc"]["size"])
 
     def test_the_services_find_the_release_on_the_client_port(self, values_file: str) -> None:
-        overlay = "prod" if values_file == "values.yaml" else "dev"
+        (overlay,) = [name for name, file in NATS_VALUES.items() if file == values_file]
         (config,) = [
             config_map
             for config_map in objects(overlay, "ConfigMap").values()
             if config_map["metadata"]["name"].startswith("crm-config")
         ]
-        assert config["data"]["NATS_URL"] == "nats://nats:4222"
+        assert config["data"]["NATS_URL"] == "tls://nats:4222"
+
+
+class TestDevNats:
+    def test_nats_box_trusts_the_ca_without_holding_the_servers_key(self) -> None:
+        values = nats_values(NATS_VALUES["dev"])
+        assert values["natsBox"]["enabled"] is True
+        tls = values["natsBox"]["contexts"]["default"]["tls"]
+        assert tls["ca"] == "ca.crt"
+        served_secret = values["config"]["nats"]["tls"]["secretName"]
+        # The chart mounts the whole Secret: not the server's, whose key would come with it.
+        assert tls["secretName"] != served_secret
+        certificates = {
+            certificate["spec"]["secretName"]: certificate["spec"]
+            for certificate in objects("dev", "Certificate").values()
+        }
+        assert (
+            certificates[tls["secretName"]]["issuerRef"] == certificates[served_secret]["issuerRef"]
+        )
 
 
 class TestProductionNats:
@@ -907,6 +956,23 @@ class TestProductionNats:
         assert cluster["enabled"] is True
         assert cluster["replicas"] >= 3
         assert cluster["replicas"] % 2 == 1
+
+    def test_its_routes_verify_each_other_over_tls(self) -> None:
+        values = nats_values("values.yaml")
+        tls = values["config"]["cluster"]["tls"]
+        assert tls["enabled"] is True
+        # Route TLS is mutual: `ca` gives the servers the CA to check each other with.
+        assert tls["ca"] == "ca.crt"
+        certificates = {
+            certificate["spec"]["secretName"]: certificate["spec"]
+            for certificate in objects("prod", "Certificate").values()
+        }
+        certificate = certificates[tls["secretName"]]
+        assert {"server auth", "client auth"} <= set(certificate["usages"])
+        # The chart's routes dial nats-<n>.nats-headless (fully qualified where configured).
+        (namespace,) = objects("prod", "Namespace")
+        assert "*.nats-headless" in certificate["dnsNames"]
+        assert f"*.nats-headless.{namespace}.svc.cluster.local" in certificate["dnsNames"]
 
     def test_its_pods_meet_the_restricted_standard_the_namespace_enforces(self) -> None:
         namespace = one("prod", "Namespace", "crm")
