@@ -134,7 +134,8 @@ async def connect(
         if reconnected_cb is not None:
             await reconnected_cb()
 
-    return await nats.connect(
+    # Options as nats.connect passes them (its client annotates some seconds as int).
+    options: dict[str, Any] = dict(
         servers=settings.servers,
         name=name,
         allow_reconnect=reconnect,
@@ -151,6 +152,24 @@ async def connect(
         closed_cb=closed_cb,
         **security_options(settings),
     )
+    client = TlsRequiringClient() if settings.tls else NATS()
+    await client.connect(**options)
+    return client
+
+
+class TlsRequiringClient(NATS):
+    """A nats-py client that, wanting TLS, refuses a server not asking for it.
+
+    nats-py upgrades to TLS only when the server's INFO says `tls_required`: given a `tls://`
+    URL and a TLS context, it still talks in clear to a server that does not, and sends the
+    credentials in its CONNECT. A misconfigured or spoofed server would read them. This client
+    checks the INFO first (on every connect and reconnect, before CONNECT is sent) and gives
+    up on such a server with `SecureConnWantedError`, which `connect` logs as a refusal."""
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection and not info.get("tls_required", False):
+            raise nats.errors.SecureConnWantedError()
+        await super()._process_info(info, initial_connection)
 
 
 #: How often a lasting refusal (credentials, TLS) is logged again while the client retries.

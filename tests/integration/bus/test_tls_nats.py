@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+import nats.errors
 import nkeys  # type: ignore[import-untyped]
 import pytest
 
 from crmcore.adapters import envelope
-from crmcore.adapters.jetstream import EventConsumer, Handlers
+from crmcore.adapters.jetstream import EventConsumer, Handlers, connect
 from crmcore.adapters.nats_server import NatsServer
 from crmcore.adapters.relay import OutboxRelay
 from crmcore.config import BusSettings, PersistenceSettings, bus_from_env
@@ -195,6 +196,32 @@ class TestRefusals:
             assert not [record for record in caplog.records if record.exc_info]
             refused = {record.name for record in warnings_about(caplog, "authorization")}
             assert {"crmcore.adapters.relay", "crmcore.adapters.jetstream"} <= refused
+
+    async def test_a_server_not_asking_for_tls_gets_no_credentials(
+        self, tmp_path: Path, authority: CertificateAuthority, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """TLS configured, the server in clear (misconfigured, or not ours): the client gives
+        up after the server's INFO, before its CONNECT would carry the password, although
+        the password is right; a warning names the TLS settings."""
+        caplog.set_level(logging.INFO)
+        with locked_server(tmp_path, authorization={"user": USER, "password": PASSWORD}) as server:
+            for url in (server.url, server.url.replace("nats://", "tls://")):
+                settings = bus_from_env(
+                    {
+                        "NATS_URL": url,
+                        "NATS_USER": USER,
+                        "NATS_PASSWORD": PASSWORD,
+                        "NATS_TLS_CA_FILE": str(authority.cert_file),
+                    }
+                )
+                with pytest.raises(nats.errors.Error):
+                    await connect(settings, name="tls-wanted", reconnect=False)
+            assert warnings_about(caplog, "secure connection not available")
+            plain = bus_from_env(
+                {"NATS_URL": server.url, "NATS_USER": USER, "NATS_PASSWORD": PASSWORD}
+            )
+            client = await connect(plain, name="plain-wanted", reconnect=False)
+            await client.close()  # the same server, TLS not asked for: connected
 
     async def test_a_server_certificate_of_another_ca_is_not_trusted(
         self, tmp_path: Path, authority: CertificateAuthority, caplog: pytest.LogCaptureFixture
