@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import ClassVar
 from uuid import UUID, uuid4
 
@@ -103,20 +102,6 @@ def open_app() -> Iterator[AppOpener]:
 @pytest.fixture
 def app(persistence: PersistenceSettings, open_app: AppOpener) -> CRMApplication:
     return open_app(StorageCheck, persistence)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def durable_persistence(request: pytest.FixtureRequest, tmp_path: Path) -> PersistenceSettings:
-    """The persistence choices whose data outlives the application object."""
-    if request.param == "sqlite":
-        return PersistenceSettings.sqlite(tmp_path / "data")
-    settings: PersistenceSettings = request.getfixturevalue("postgres_persistence")
-    return settings
 
 
 def logged(app: CRMApplication) -> list[tuple[UUID | str, int, str]]:

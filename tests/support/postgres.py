@@ -552,3 +552,18 @@ def persistence(request: pytest.FixtureRequest, tmp_path: Path) -> PersistenceSe
         return PersistenceSettings.sqlite(tmp_path / "data")
     settings: PersistenceSettings = request.getfixturevalue("postgres_persistence")
     return settings
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def durable_persistence(request: pytest.FixtureRequest, tmp_path: Path) -> PersistenceSettings:
+    """The persistence choices whose data outlives the objects using it (to reopen it), each
+    time on empty storage."""
+    if request.param == "sqlite":
+        return PersistenceSettings.sqlite(tmp_path / "data")
+    settings: PersistenceSettings = request.getfixturevalue("postgres_persistence")
+    return settings

@@ -27,7 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from crm.v1 import customer_pb2, customer_pb2_grpc
 from crmcore.adapters.grpc.channels import open_blocking_channel
 from crmcore.cli.directory import RPC_TIMEOUT_S, as_json, service_address, table
-from crmcore.cli.events import parse_since
+from crmcore.cli.events import parse_since, positive
 from crmcore.cli.stack import MissingToken, client_token
 from crmcore.config import ConfigurationError, client_tls_from_env
 
@@ -57,22 +57,12 @@ def register(subparsers: Any) -> None:
     )
     amount = customer.add_mutually_exclusive_group()
     amount.add_argument(
-        "--limit", type=_positive, default=DEFAULT_LIMIT, help=f"entries at most ({DEFAULT_LIMIT})"
+        "--limit", type=positive, default=DEFAULT_LIMIT, help=f"entries at most ({DEFAULT_LIMIT})"
     )
     amount.add_argument("--all", action="store_true", help="every entry")
     customer.add_argument("--address", help="the customer service's host:port")
     customer.add_argument("--json", action="store_true", help="print the responses as JSON")
     customer.set_defaults(handler=_customer)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _timestamp(moment: datetime | None) -> Timestamp | None:

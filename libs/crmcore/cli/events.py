@@ -53,12 +53,12 @@ def register(subparsers: Any) -> None:
         metavar="TIME",
         help="start at a time: RFC 3339 (2025-04-01T09:00:00Z) or an age (90s, 15m, 2h, 1d)",
     )
-    start.add_argument("--from-seq", type=_positive, metavar="N", help="start at stream seq N")
+    start.add_argument("--from-seq", type=positive, metavar="N", help="start at stream seq N")
     start.add_argument("--all", action="store_true", help="start at the oldest event kept")
     tail.add_argument("--nats-url", help="NATS server(s) (default: NATS_URL or local)")
     tail.add_argument("--stream", help="stream name (default: CRM_STREAM or CRM)")
     tail.add_argument("--json", action="store_true", help="print each CloudEvent as JSON")
-    tail.add_argument("--limit", type=_positive, metavar="N", help="exit after N events")
+    tail.add_argument("--limit", type=positive, metavar="N", help="exit after N events")
     tail.set_defaults(handler=_tail)
 
     schemas = commands.add_parser(
@@ -88,7 +88,8 @@ def parse_since(text: str, *, now: Callable[[], datetime] = lambda: datetime.now
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (the `crm` commands' counts)."""
     try:
         value = int(text)
     except ValueError:

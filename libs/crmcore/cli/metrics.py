@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from crmcore.cli.events import positive
 from crmcore.config import (
     ConfigurationError,
     bus_from_env,
@@ -56,7 +57,7 @@ def register(subparsers: Any) -> None:
     rebuild.add_argument("--nats-url", help="NATS server(s) (default: NATS_URL or local)")
     rebuild.add_argument("--stream", help="stream name (default: CRM_STREAM or CRM)")
     rebuild.add_argument(
-        "--batch", type=_positive, default=10_000, help="events per transaction (10000)"
+        "--batch", type=positive, default=10_000, help="events per transaction (10000)"
     )
     rebuild.set_defaults(handler=_rebuild)
 
@@ -78,16 +79,6 @@ def register(subparsers: Any) -> None:
     kpis.add_argument("--address", help="metrics service host:port (default: CRM_METRICS_ADDRESS)")
     kpis.add_argument("--json", action="store_true", help="print the report as JSON")
     kpis.set_defaults(handler=_kpis)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
-    return value
 
 
 # --- rebuild -------------------------------------------------------------------------------------

@@ -8,9 +8,7 @@ clients (hypothesis drives those).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from crmcore.config import BusSettings, PersistenceSettings, ServiceSettings
 from services.customer.bootstrap import CustomerService, start
 from services.customer.config import CustomerServiceSettings
 from tests.support.auth import channel_for, service_token
+from tests.support.threaded import serve_in_thread
 
 
 def service_settings(
@@ -102,38 +101,13 @@ def threaded_customer_service(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ThreadedService]:
     settings = service_settings(PersistenceSettings.sqlite(tmp_path_factory.mktemp("data")))
-    ready = threading.Event()
-    started: list[CustomerService] = []
-    failed: list[BaseException] = []
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        try:
-            service = await start(settings)
-        except BaseException as error:
-            failed.append(error)
-            ready.set()
-            raise
-        started.append(service)
-        ready.set()
-        await stop.wait()
-        await service.stop(grace=0.5)
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
-    thread.start()
-    ready.wait(timeout=60)
-    if failed:
-        raise failed[0]
-    (service,) = started
+    service, threaded = serve_in_thread(lambda: start(settings))
     channel = open_blocking_channel(service.address, token=service_token(service))
     try:
         yield ThreadedService(service=service, channel=channel)
     finally:
         channel.close()
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=30)
-        loop.close()
+        threaded.close()
 
 
 # --- reading refusals -----------------------------------------------------------------------

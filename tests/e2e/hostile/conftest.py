@@ -9,14 +9,12 @@ stored nothing" is exact.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 import pytest
@@ -48,16 +46,10 @@ from tests.e2e.metrics.conftest import service_settings as metrics_settings
 from tests.e2e.routing.conftest import MovableClock
 from tests.e2e.routing.conftest import service_settings as routing_settings
 from tests.support.auth import service_token
+from tests.support.threaded import serve_in_thread
 
 #: The SLA scheduler's clock: long before anything the test stores, so nothing falls due.
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-class Running(Protocol):
-    @property
-    def address(self) -> str: ...
-
-    async def stop(self, grace: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -113,53 +105,11 @@ class Target:
         return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-@dataclass
-class ThreadedLoop:
-    """An asyncio loop on a thread of its own, running a service until `close()`."""
-
-    loop: asyncio.AbstractEventLoop
-    thread: threading.Thread
-    stop: asyncio.Event
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(timeout=30)
-        self.loop.close()
-
-
-def serve_in_thread(start: Callable[[], Coroutine[Any, Any, Running]]) -> tuple[Any, ThreadedLoop]:
-    ready = threading.Event()
-    started: list[Running] = []
-    failed: list[BaseException] = []
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        try:
-            service = await start()
-        except BaseException as error:
-            failed.append(error)
-            ready.set()
-            raise
-        started.append(service)
-        ready.set()
-        await stop.wait()
-        await service.stop(grace=0.5)
-
-    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
-    thread.start()
-    ready.wait(timeout=60)
-    if failed:
-        raise failed[0]
-    (service,) = started
-    return service, ThreadedLoop(loop=loop, thread=thread, stop=stop)
-
-
 @contextlib.contextmanager
 def serving(
     name: str,
     descriptor: ServiceDescriptor,
-    start: Callable[[], Coroutine[Any, Any, Running]],
+    start: Callable[[], Coroutine[Any, Any, Any]],  # a service (`Running`, `HasAccess`)
     stored: Callable[[Any], object],
 ) -> Iterator[Target]:
     service, threaded = serve_in_thread(start)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
@@ -16,10 +17,13 @@ from uuid import UUID, uuid4
 
 import nats
 import nats.errors
+import pytest
 from eventsourcing.application import Application
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from crmcore.adapters import envelope
+from crmcore.adapters.jetstream import EventConsumer, Handlers, connect
 from crmcore.adapters.relay import OutboxRelay
 from crmcore.application.base import CRMApplication
 from crmcore.config import BusSettings
@@ -116,8 +120,9 @@ async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Task[None]]:
 
 async def read_stream(settings: BusSettings, subject: str = "crm.>") -> list[Msg]:
     """Every message the stream holds on `subject`, in stream order, as a new subscriber
-    starting from the beginning receives them."""
-    nc = await nats.connect(settings.url)
+    starting from the beginning receives them (connecting with the credentials and TLS of
+    `settings`, as the services do)."""
+    nc = await connect(settings, name="test-stream-reader", reconnect=False)
     try:
         js = nc.jetstream()
         info = await js.stream_info(settings.stream, subjects_filter=subject)
@@ -140,6 +145,41 @@ async def read_stream(settings: BusSettings, subject: str = "crm.>") -> list[Msg
         return messages
     finally:
         await nc.close()
+
+
+async def relay_and_consume(app: Kennel, settings: BusSettings, durable: str) -> list[str]:
+    """Publishes everything `app` stored with a relay, then reads it back with the durable
+    consumer `durable`; the names of the dogs registered (six events: 3 dogs, 1 rename)."""
+    relay = OutboxRelay(app, settings)
+    async with running(relay):
+        await relay.wait_for(last_notification_id(app), 30)
+    names: list[str] = []
+
+    async def on_registered(event: DogRegistered, cloud_event: envelope.Envelope) -> None:
+        names.append(event.name)
+
+    consumer = EventConsumer(
+        settings,
+        durable=durable,
+        subjects=["crm.dog.>"],
+        handlers=Handlers().on(DogRegistered, on_registered),
+    )
+    consuming = asyncio.create_task(consumer.run())
+    try:
+        await until(lambda: consumer.stats.handled + consumer.stats.ignored == 6)
+    finally:
+        consumer.stop()
+        await consuming
+    return names
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    """The warnings (and worse) logged whose message contains `text` (any case)."""
+    return [
+        record
+        for record in caplog.records
+        if record.levelno >= logging.WARNING and text.lower() in record.getMessage().lower()
+    ]
 
 
 async def stream_message_count(settings: BusSettings) -> int:

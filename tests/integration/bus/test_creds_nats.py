@@ -13,7 +13,6 @@ refused at startup, before nats-py could hang or crash on it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -25,12 +24,11 @@ import msgspec
 import nats.errors
 import nkeys  # type: ignore[import-untyped]
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from crm.v1 import customer_pb2 as pb
 from crm.v1 import customer_pb2_grpc
 from crmcore.adapters import envelope
-from crmcore.adapters.jetstream import EventConsumer, Handlers, connect, is_refusal
+from crmcore.adapters.jetstream import connect, is_refusal
 from crmcore.adapters.nats_server import NatsServer
 from crmcore.adapters.relay import OutboxRelay
 from crmcore.config import (
@@ -42,12 +40,14 @@ from crmcore.config import (
 from services.customer.bootstrap import start
 from services.customer.config import settings_from_env
 from tests.integration.bus import (
-    DogRegistered,
     Kennel,
     last_notification_id,
+    read_stream,
+    relay_and_consume,
     running,
     store_dogs,
     until,
+    warnings_about,
 )
 from tests.support.auth import channel_for
 from tests.support.nats import start_private_server
@@ -82,51 +82,6 @@ def operator_mode(tmp_path: Path) -> Iterator[OperatorMode]:
         server.kill()
 
 
-async def relay_and_consume(app: Kennel, settings: BusSettings) -> list[str]:
-    """Publishes everything `app` stored with a relay, then reads it back with a durable
-    consumer; the names of the dogs registered."""
-    relay = OutboxRelay(app, settings)
-    async with running(relay):
-        await relay.wait_for(last_notification_id(app), 30)
-    names: list[str] = []
-
-    async def on_registered(event: DogRegistered, cloud_event: envelope.Envelope) -> None:
-        names.append(event.name)
-
-    consumer = EventConsumer(
-        settings,
-        durable="creds-test",
-        subjects=["crm.dog.>"],
-        handlers=Handlers().on(DogRegistered, on_registered),
-    )
-    consuming = asyncio.create_task(consumer.run())
-    try:
-        await until(lambda: consumer.stats.handled + consumer.stats.ignored == 6)
-    finally:
-        consumer.stop()
-        await consuming
-    return names
-
-
-async def read_stream(settings: BusSettings, subject: str) -> list[envelope.Envelope]:
-    """Every event the stream holds on `subject`, read over a connection of `settings`."""
-    nc = await connect(settings, name="creds-test-reader", reconnect=False)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(settings.stream)
-        subscription = await js.pull_subscribe(
-            subject,
-            stream=settings.stream,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30
-            ),
-        )
-        messages = await subscription.fetch(info.state.messages or 1, timeout=5)
-        return [envelope.decode(message.data) for message in messages]
-    finally:
-        await nc.close()
-
-
 @pytest.mark.nats
 class TestLoggingInWithACredsFile:
     async def test_the_relay_and_a_consumer_publish_and_read_events(
@@ -137,7 +92,7 @@ class TestLoggingInWithACredsFile:
         assert settings.creds_file == str(creds)
         app = Kennel(PersistenceSettings.sqlite(tmp_path / "data"))
         store_dogs(app, dogs=3, renames=1)
-        assert await relay_and_consume(app, settings) == ["Rex", "Rex", "Rex"]
+        assert await relay_and_consume(app, settings, durable="creds-test") == ["Rex", "Rex", "Rex"]
 
     async def test_the_customer_service_configured_from_its_environment_publishes_over_it(
         self, operator_mode: OperatorMode, tmp_path: Path
@@ -164,7 +119,7 @@ class TestLoggingInWithACredsFile:
         finally:
             await service.stop(grace=0.5)
         published = await read_stream(bus_from_env(environment), "crm.customer.>")
-        assert created.id in {event.subject for event in published}
+        assert created.id in {envelope.decode(message.data).subject for message in published}
 
 
 def foreign_user(mode: OperatorMode) -> User:
@@ -181,14 +136,6 @@ def user_with_another_seed(mode: OperatorMode) -> User:
     """A valid user JWT with the seed of someone else: it cannot sign the server's nonce."""
     user = mode.account.user("crm-relay")
     return User(name=user.name, identity=Identity.create(nkeys.PREFIX_BYTE_USER), jwt=user.jwt)
-
-
-def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
-    return [
-        record
-        for record in caplog.records
-        if record.levelno >= logging.WARNING and text.lower() in record.getMessage().lower()
-    ]
 
 
 @pytest.mark.nats

@@ -22,18 +22,17 @@ import nats.errors
 import nkeys  # type: ignore[import-untyped]
 import pytest
 
-from crmcore.adapters import envelope
 from crmcore.adapters.jetstream import EventConsumer, Handlers, connect
 from crmcore.adapters.nats_server import NatsServer
 from crmcore.adapters.relay import OutboxRelay
 from crmcore.config import BusSettings, PersistenceSettings, bus_from_env
 from tests.integration.bus import (
-    DogRegistered,
     Kennel,
-    last_notification_id,
+    relay_and_consume,
     running,
     store_dogs,
     until,
+    warnings_about,
 )
 from tests.support.certificates import CertificateAuthority
 from tests.support.nats import start_private_server
@@ -82,31 +81,6 @@ def bus(server: NatsServer, stream: str, **env: str) -> BusSettings:
     return msgspec.structs.replace(settings, stream=stream, max_age_s=3600)
 
 
-async def relay_and_consume(app: Kennel, settings: BusSettings) -> list[str]:
-    """Publishes everything `app` stored, then consumes it; the dogs' names."""
-    relay = OutboxRelay(app, settings)
-    async with running(relay):
-        await relay.wait_for(last_notification_id(app), 30)
-    names: list[str] = []
-
-    async def on_registered(event: DogRegistered, cloud_event: envelope.Envelope) -> None:
-        names.append(event.name)
-
-    consumer = EventConsumer(
-        settings,
-        durable="tls-test",
-        subjects=["crm.dog.>"],
-        handlers=Handlers().on(DogRegistered, on_registered),
-    )
-    task = running_consumer(consumer)
-    try:
-        await until(lambda: consumer.stats.handled + consumer.stats.ignored == 6)
-    finally:
-        consumer.stop()
-        await task
-    return names
-
-
 def running_consumer(consumer: EventConsumer) -> asyncio.Task[None]:
     return asyncio.create_task(consumer.run())
 
@@ -129,7 +103,11 @@ class TestCredentialsAndTls:
                 NATS_PASSWORD=PASSWORD,
                 NATS_TLS_CA_FILE=str(authority.cert_file),
             )
-            assert await relay_and_consume(app, settings) == ["Rex", "Rex", "Rex"]
+            assert await relay_and_consume(app, settings, durable="tls-test") == [
+                "Rex",
+                "Rex",
+                "Rex",
+            ]
 
     async def test_a_token_and_a_client_certificate_work_against_a_verifying_server(
         self, tmp_path: Path, authority: CertificateAuthority
@@ -150,15 +128,11 @@ class TestCredentialsAndTls:
                 NATS_TLS_CERT_FILE=str(client.cert_file),
                 NATS_TLS_KEY_FILE=str(client.key_file),
             )
-            assert await relay_and_consume(app, settings) == ["Rex", "Rex", "Rex"]
-
-
-def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
-    return [
-        record
-        for record in caplog.records
-        if record.levelno >= logging.WARNING and text.lower() in record.getMessage().lower()
-    ]
+            assert await relay_and_consume(app, settings, durable="tls-test") == [
+                "Rex",
+                "Rex",
+                "Rex",
+            ]
 
 
 class TestRefusals:
@@ -250,4 +224,8 @@ class TestNkeys:
         store_dogs(app, dogs=3, renames=1)
         with locked_server(tmp_path, authorization={"users": [{"nkey": public_key}]}) as server:
             settings = bus(server, "CRM_TLS_NKEY", NATS_NKEY_SEED_FILE=str(seed_file))
-            assert await relay_and_consume(app, settings) == ["Rex", "Rex", "Rex"]
+            assert await relay_and_consume(app, settings, durable="tls-test") == [
+                "Rex",
+                "Rex",
+                "Rex",
+            ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -14,24 +13,11 @@ from crmcore.application.customers import CustomerApplication
 from crmcore.config import PersistenceSettings
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def shared_persistence(request: pytest.FixtureRequest, tmp_path: Path) -> PersistenceSettings:
-    if request.param == "sqlite":
-        return PersistenceSettings.sqlite(tmp_path / "data")
-    settings: PersistenceSettings = request.getfixturevalue("postgres_persistence")
-    return settings
-
-
 @pytest.fixture
-def two_stores(shared_persistence: PersistenceSettings) -> Iterator[list[ReadModelStore]]:
+def two_stores(durable_persistence: PersistenceSettings) -> Iterator[list[ReadModelStore]]:
     """Two service instances' connections to the same key table."""
     stores = [
-        open_read_model_store(shared_persistence, CustomerApplication.KEY_STORE_NAME)
+        open_read_model_store(durable_persistence, CustomerApplication.KEY_STORE_NAME)
         for _ in range(2)
     ]
     yield stores
@@ -66,13 +52,13 @@ class TestSharedKeys:
             second.seal(subject, b"Taro again", b"record-2")
 
     def test_an_application_reopened_reads_its_customers(
-        self, shared_persistence: PersistenceSettings
+        self, durable_persistence: PersistenceSettings
     ) -> None:
-        app = CustomerApplication(shared_persistence)
+        app = CustomerApplication(durable_persistence)
         taro = app.register(name="Taro Yamada", contact_points=[("email", "taro@example.jp")])
         app.shut_down()
 
-        reopened = CustomerApplication(shared_persistence)
+        reopened = CustomerApplication(durable_persistence)
         try:
             assert reopened.get(taro.id).name == "Taro Yamada"
             assert reopened.lookup("email", "TARO@example.jp") == reopened.get(taro.id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import cast
 from uuid import UUID
 
@@ -31,20 +30,6 @@ MONDAY = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
 
 def later(minutes: float) -> datetime:
     return MONDAY + timedelta(minutes=minutes)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def durable_persistence(request: pytest.FixtureRequest, tmp_path: Path) -> PersistenceSettings:
-    """Storage that outlives the objects using it (to reopen it)."""
-    if request.param == "sqlite":
-        return PersistenceSettings.sqlite(tmp_path / "data")
-    settings: PersistenceSettings = request.getfixturevalue("postgres_persistence")
-    return settings
 
 
 @pytest.fixture

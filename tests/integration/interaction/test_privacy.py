@@ -7,7 +7,6 @@ restarted service) every text reads back blank while the history reads back whol
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
@@ -27,19 +26,6 @@ PERSONAL = (SAID, NOTE, SUBJECT, COMPLAINT)
 
 def at(minutes: float) -> datetime:
     return MONDAY + timedelta(minutes=minutes)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def durable_persistence(request: pytest.FixtureRequest, tmp_path: Path) -> PersistenceSettings:
-    if request.param == "sqlite":
-        return PersistenceSettings.sqlite(tmp_path / "data")
-    settings: PersistenceSettings = request.getfixturevalue("postgres_persistence")
-    return settings
 
 
 def stored_bytes(persistence: PersistenceSettings, request: pytest.FixtureRequest) -> bytes:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -64,19 +63,6 @@ TABLES = {
 
 def at(hours: float) -> datetime:
     return MONDAY_9 + timedelta(hours=hours)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def durable_persistence(request: pytest.FixtureRequest, tmp_path: Path) -> PersistenceSettings:
-    if request.param == "sqlite":
-        return PersistenceSettings.sqlite(tmp_path / "data")
-    settings: PersistenceSettings = request.getfixturevalue("postgres_persistence")
-    return settings
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from uuid import UUID
 
 import msgspec
-import pytest
 
 from crmcore.adapters.schemas import example_event
 from crmcore.application.interaction_views import InteractionViews
@@ -28,20 +26,6 @@ POLICIES = SlaPolicies(
     calendar=business_calendar(hours="mon-fri 09:00-18:00"),
     policies=(sla_policy(name="standard", first_response="2h", resolution="8h"),),
 )
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def durable_persistence(request: pytest.FixtureRequest, tmp_path: Path) -> PersistenceSettings:
-    """Storage that outlives the application using it."""
-    if request.param == "sqlite":
-        return PersistenceSettings.sqlite(tmp_path / "data")
-    settings: PersistenceSettings = request.getfixturevalue("postgres_persistence")
-    return settings
 
 
 def at(minutes: float) -> datetime:
